@@ -1,0 +1,3 @@
+"""Placeholder: the `run` command is registered here."""
+
+from __future__ import annotations
