@@ -120,3 +120,8 @@ class StepDefinition(Protocol):
     def build(self, resume_state: Any | None) -> StepLogic:
         """Build fresh logic, or logic resumed from ``resume_state`` (a decoded snapshot)."""
         ...
+
+ERROR = "_tg_error"
+"""Optional source column: a non-null value dead-letters the row with this reason."""
+RAW = "_tg_raw"
+"""Optional source column: the original input of the row (used as the dead-letter payload)."""
