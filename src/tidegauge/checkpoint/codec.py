@@ -52,4 +52,4 @@ def frame_to_ipc(df: pl.DataFrame) -> bytes:
 
 def ipc_to_frame(data: bytes) -> pl.DataFrame:
     """Inverse of :func:`frame_to_ipc`."""
-    return pl.read_ipc(io.BytesIO(data), memory_map=False)
+    return pl.read_ipc(io.BytesIO(data))
