@@ -9,7 +9,9 @@ Checkpoint protocol, in this order (the runner drives it; see ``tidegauge.checkp
 1. ``sink.pre_commit(epoch)`` for every sink: flush buffered output so it is durable *as pending*;
 2. the manifest (state snapshots + ``source.snapshot()`` positions + ``sink.snapshot()``) is written atomically;
 3. ``sink.commit(epoch)``: pending output of epochs <= ``epoch`` becomes visible (transactional sinks);
-4. ``source.ack(epoch)``: brokers are told the records up to the checkpoint are done.
+4. ``source.ack(position)``: brokers are told the records up to the checkpointed position are done
+   (the position is the ``snapshot()`` the runner recorded with the last batch it processed; a source may
+   have handed out more batches since, which the runner has not processed yet).
 
 On restart, sinks are built from the snapshot in the manifest, and must (a) commit pending output of the
 checkpointed epoch if step 3 did not finish, and (b) discard anything written after it. A replayable source
@@ -40,8 +42,8 @@ class SourceLogic(Protocol):
         """The position after the last record handed out (a ``msgspec.Struct``)."""
         ...
 
-    async def ack(self, epoch: int) -> None:
-        """Everything handed out before checkpoint ``epoch`` is durable; brokers may forget it."""
+    async def ack(self, position: Any) -> None:
+        """Everything up to ``position`` (an earlier ``snapshot()``) is in a durable checkpoint."""
         ...
 
     async def close(self) -> None: ...
