@@ -1,3 +1,64 @@
-"""Placeholder: the `run` command is registered here."""
+"""``tidegauge run PIPELINE.yaml``: run a pipeline file until its sources are exhausted or Ctrl-C."""
 
 from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tidegauge.cli import app
+
+logger = logging.getLogger(__name__)
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file.", envvar="TIDEGAUGE_PIPELINE",
+                                             show_envvar=True)],
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option("--checkpoint-dir", help="Override checkpoint.dir of the file.",
+                     envvar="TIDEGAUGE_CHECKPOINT_DIR", show_envvar=True),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.",
+                                        envvar="TIDEGAUGE_QUIET", show_envvar=True)] = False,
+) -> None:
+    """Run a pipeline file. Restarts from its latest checkpoint when it has one."""
+    from tidegauge.dataflow import CheckpointConfig, Runner
+    from tidegauge.pipeline import build_pipeline, load_pipeline
+
+    config = load_pipeline(pipeline)
+    built = build_pipeline(config, base_dir=pipeline.parent)
+    cp = built.checkpoint
+    if checkpoint_dir is not None:
+        cp = CheckpointConfig(checkpoint_dir, interval=cp.interval if cp else "10s", keep=cp.keep if cp else 3)
+    runner = Runner(built.flow, checkpoint=cp, max_batch=built.max_batch, max_delay=built.max_delay)
+
+    def _stop(signum: int, frame: object) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    result = runner.run()
+    if quiet:
+        return
+    console = Console()
+    restored = f", resumed from checkpoint {result.restored_from}" if result.restored_from is not None else ""
+    console.print(
+        f"[bold]{config.name}[/]: {result.records_in:,} records in, "
+        f"{sum(v for k, v in result.records_out.items() if k in _sink_ids(built.flow)):,} out, "
+        f"{sum(result.dead_letters.values()):,} dead letters, {result.late:,} late, "
+        f"{result.checkpoints} checkpoints in {result.seconds:.2f}s{restored}",
+        highlight=False,
+    )
+    for reason, n in sorted(result.dead_letters.items()):
+        console.print(f"  dead letters: {n:,} {reason}", highlight=False)
+
+
+def _sink_ids(flow: object) -> set[str]:
+    nodes = getattr(flow, "nodes", {})
+    return {nid for nid, n in nodes.items() if n.kind == "sink"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tidegauge.dataflow.base import StepContext, StepDefinition, StepLogic
 from tidegauge.dataflow.flow import Flow, Stream
 from tidegauge.dataflow.keys import KeyDictionary
-from tidegauge.dataflow.runner import CheckpointConfig, RunResult, Runner
+from tidegauge.dataflow.runner import CheckpointConfig, Runner, RunResult
 from tidegauge.dataflow.watermark import WatermarkConfig
 
 __all__ = [

@@ -34,7 +34,7 @@ def to_dead_letters(
     if "payload" in user.columns and user.width == 1 and user.schema["payload"] == pl.String:
         payload = user["payload"]
     else:
-        payload = pl.Series("payload", user.write_ndjson().splitlines(), dtype=pl.String) if user.height else None
+        payload = pl.Series("payload", user.write_ndjson().splitlines() if user.height else [], dtype=pl.String)
     if isinstance(reason, str):
         reason_s = pl.Series("reason", [reason] * rows.height, dtype=pl.String)
     elif isinstance(reason, pl.Series):

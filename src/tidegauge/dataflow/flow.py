@@ -43,7 +43,7 @@ from tidegauge.dataflow.watermark import WatermarkConfig
 from tidegauge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from tidegauge.dataflow.runner import CheckpointConfig, RunResult, Runner
+    from tidegauge.dataflow.runner import CheckpointConfig, Runner, RunResult
 
 __all__ = ["Flow", "Stream"]
 

@@ -101,6 +101,6 @@ def _dtype_name(dtype: pl.DataType) -> str:
 
 def _dtype_from_name(name: str) -> pl.DataType:
     dtype = getattr(pl, name, None)
-    if dtype is None:
-        raise ValueError(f"unknown key dtype {name!r} in checkpoint")
-    return dtype() if isinstance(dtype, type) else dtype
+    if isinstance(dtype, type) and issubclass(dtype, pl.DataType):
+        return dtype()
+    raise ValueError(f"unknown key dtype {name!r} in checkpoint")

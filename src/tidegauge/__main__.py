@@ -1,0 +1,5 @@
+"""``python -m tidegauge``: the same as the ``tidegauge`` command."""
+
+from tidegauge.cli import main
+
+main()
