@@ -175,6 +175,21 @@ class Stream:
         """Per-record Python function (the slow path: prefer ``with_columns`` or ``map_batches``)."""
         return self.then(MapStep(fn), name=name, base="map")
 
+    def stateful_map(
+        self,
+        fn: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any] | None]],
+        *,
+        ttl: Duration | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Per-record function with per-key state that expires ``ttl`` after its last update.
+
+        See :class:`~tidegauge.state.StatefulMapStep`.
+        """
+        from tidegauge.state import StatefulMapStep
+
+        return self.then(StatefulMapStep(fn, ttl=ttl), name=name, base="stateful_map")
+
     def key_by(self, column: str, *, name: str | None = None) -> Stream:
         stream = self.then(KeyByStep(column), name=name, base="key_by")
         self.flow.nodes[stream.node_id].key_column = column
