@@ -1,0 +1,64 @@
+"""``DetectStep``: a detector as a pipeline step (``.detect(...)`` in Python, ``detect:`` in YAML)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import polars as pl
+
+from tidegauge.dataflow.base import KEY_ID, TS, WM, StepContext
+from tidegauge.detectors.base import Detector, DetectorLogic, DetectorSnapshot
+
+__all__ = ["DetectStep"]
+
+logger = logging.getLogger(__name__)
+
+
+class DetectStep:
+    """Step definition running ``detector`` over a keyed stream.
+
+    ``process`` is the detector's ``score_learn`` (input batches carry ``_tg_key`` and ``_tg_ts``);
+    ``on_watermark`` returns ``None`` except for detectors that emit from time alone
+    (:class:`~tidegauge.detectors.NoData`, alone or inside an ensemble): their rows get the flow's key
+    column (decoded from ``ctx.keys``), the time column (the check's time) and ``_tg_wm``.
+
+    Examples
+    --------
+    >>> from tidegauge.detectors import ZScore
+    >>> step = DetectStep(ZScore(["temperature"]))
+    >>> step.snapshot_type.__name__
+    'ZScoreSnapshot'
+    """
+
+    def __init__(self, detector: Detector) -> None:
+        if not isinstance(detector, Detector):
+            raise TypeError(f"DetectStep takes a Detector, got {type(detector).__name__}: see build_detector")
+        self.detector = detector
+        self.snapshot_type: type | None = detector.snapshot_type
+
+    def build(self, resume_state: Any | None) -> _DetectStepLogic:
+        return _DetectStepLogic(self.detector.build(resume_state))
+
+    def __repr__(self) -> str:
+        return f"DetectStep({self.detector!r})"
+
+
+class _DetectStepLogic:
+    def __init__(self, logic: DetectorLogic) -> None:
+        self.logic = logic
+
+    def process(self, df: pl.DataFrame, ctx: StepContext) -> pl.DataFrame | None:
+        self.logic.now_us = ctx.now_us
+        return self.logic.score_learn(df)
+
+    def on_watermark(self, ctx: StepContext) -> pl.DataFrame | None:
+        out = self.logic.on_tick(ctx.now_us, ctx.watermark)
+        if out is None or not out.height:
+            return None
+        keys = ctx.keys.decode(out[KEY_ID]).alias(ctx.key_column)
+        when = out[TS].cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias(ctx.time_column)
+        return out.with_columns(keys, when, pl.lit(ctx.watermark, dtype=pl.Int64).alias(WM))
+
+    def snapshot(self) -> DetectorSnapshot:
+        return self.logic.snapshot()
