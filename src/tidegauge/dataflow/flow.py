@@ -89,7 +89,14 @@ class Flow:
         self._counts: dict[str, int] = {}
         self.nodes["dead_letters"] = _Node("dead_letters", "dead_letters", None, key_column=key, time_column=time)
 
-    def _new_id(self, base: str, name: str | None) -> str:
+    def _new_id(self, base: str, name: str | None, *, default: str | None = None) -> str:
+        """A unique node id: ``name`` if given (must be unique), else ``default`` made unique, else ``base_N``."""
+        if name is None and default:
+            n, candidate = 1, default
+            while candidate in self.nodes:
+                candidate = f"{default}_{n}"
+                n += 1
+            name = candidate
         if name is not None:
             if not _ID.match(name):
                 raise ConfigError(f"step name {name!r}: use letters, digits, '_', '-' or '.'")
@@ -104,7 +111,7 @@ class Flow:
         self, source: SourceDefinition, *, key: str | None = None, time: str | None = None
     ) -> Stream:
         """Add a source; returns its stream of records."""
-        node_id = self._new_id("source", getattr(source, "name", None))
+        node_id = self._new_id("source", None, default=getattr(source, "name", None))
         self.nodes[node_id] = _Node(node_id, "source", source, [], key or self.key, time or self.time)
         return Stream(self, node_id)
 
@@ -249,5 +256,5 @@ class Stream:
     def sink(self, sink: SinkDefinition, *, name: str | None = None) -> None:
         """Send this stream to ``sink`` (tidegauge's internal columns are removed first)."""
         key, time = self._columns()
-        node_id = self.flow._new_id("sink", name or getattr(sink, "name", None))
+        node_id = self.flow._new_id("sink", name, default=getattr(sink, "name", None))
         self.flow.nodes[node_id] = _Node(node_id, "sink", sink, [(self.node_id, self.port)], key, time)

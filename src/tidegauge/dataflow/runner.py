@@ -89,6 +89,9 @@ class Runner:
         Batches buffered between each source and the graph (the backpressure bound).
     clock:
         Processing-time clock (inject a ``ManualClock`` in tests).
+    tick:
+        How often the runner wakes up with no input to advance idle watermarks and take due checkpoints
+        (default: a quarter of the idle timeout or of the checkpoint interval, at most 1 s).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Runner:
         max_delay: Duration = "5ms",
         queue_batches: int = 4,
         clock: Clock | None = None,
+        tick: Duration | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: must be >= 1")
@@ -111,6 +115,7 @@ class Runner:
         self.max_delay_s = parse_duration(max_delay, name="max_delay") / 1e6
         self.queue_batches = queue_batches
         self.clock = clock or SystemClock()
+        self._tick_override = None if tick is None else parse_duration(tick, name="tick") / 1e6
         self.metrics = FlowMetrics()
         self.keys = KeyDictionary()
         self._order = _topological_order(flow)
@@ -208,6 +213,8 @@ class Runner:
 
     def _tick_seconds(self) -> float:
         # wake up often enough to notice idle sources and due checkpoints, rarely enough to cost nothing
+        if self._tick_override is not None:
+            return max(0.001, self._tick_override)
         candidates = [self.flow.watermark.idle_timeout / 4e6, 1.0]
         if self.checkpoint_config is not None:
             candidates.append(self.checkpoint_config.interval_us() / 4e6)
