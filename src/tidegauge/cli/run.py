@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -43,10 +44,13 @@ def run(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    result = runner.run()
+    console = Console()
+    if quiet or not console.is_terminal:
+        result = runner.run()
+    else:
+        result = asyncio.run(_run_with_progress(runner, built.flow, console))
     if quiet:
         return
-    console = Console()
     restored = f", resumed from checkpoint {result.restored_from}" if result.restored_from is not None else ""
     console.print(
         f"[bold]{config.name}[/]: {result.records_in:,} records in, "
@@ -57,6 +61,42 @@ def run(
     )
     for reason, n in sorted(result.dead_letters.items()):
         console.print(f"  dead letters: {n:,} {reason}", highlight=False)
+
+
+async def _run_with_progress(runner: Any, flow: Any, console: Console) -> Any:
+    """Run with a progress bar per file source (share of the file read) and a live record count."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    totals = {sid: _file_size(node.definition) for sid, node in flow.nodes.items() if node.kind == "source"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[records]}"), console=console, transient=True) as progress:
+        tasks = {sid: progress.add_task(sid, total=total, records="") for sid, total in totals.items()}
+        job = asyncio.create_task(runner.run_async())
+        while not job.done():
+            await asyncio.wait({job}, timeout=0.2)
+            positions = runner.positions()
+            for sid, task in tasks.items():
+                pos = positions.get(sid)
+                done = getattr(pos, "offset", None)
+                if totals[sid] and done is not None and getattr(pos, "format", "") != "parquet":
+                    progress.update(task, completed=done)
+                elif totals[sid] and getattr(pos, "rows", None) is not None:
+                    progress.update(task, completed=pos.rows)
+                progress.update(task, records=f"{runner.metrics.records_in[sid]:,} records")
+        return job.result()
+
+
+def _file_size(definition: Any) -> int | None:
+    """Bytes of a CSV/JSONL file or rows of a Parquet file behind a file source (None otherwise)."""
+    path = getattr(definition, "path", None)
+    if path is None:
+        return None
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return path.stat().st_size if path.exists() else None
 
 
 def _sink_ids(flow: object) -> set[str]:

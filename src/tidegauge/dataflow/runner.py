@@ -138,6 +138,10 @@ class Runner:
         except ImportError:
             return asyncio.run(self.run_async())
 
+    def positions(self) -> dict[str, Any]:
+        """Each source's position after the last batch the flow processed (what a checkpoint records)."""
+        return dict(getattr(self, "_positions", {}))
+
     def stop(self) -> None:
         """Ask a running flow to finish its batch, checkpoint and stop (thread-safe enough for signals)."""
         self._stop_requested = True
