@@ -50,9 +50,12 @@ class SourceLogic(Protocol):
 
 
 class SourceDefinition(Protocol):
-    name: str
-    snapshot_type: type | None
-    guarantee: Guarantee
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def snapshot_type(self) -> type | None: ...
+    @property
+    def guarantee(self) -> Guarantee: ...
 
     def build(self, resume_state: Any | None) -> SourceLogic: ...
 
@@ -81,8 +84,11 @@ class SinkLogic(Protocol):
 
 
 class SinkDefinition(Protocol):
-    name: str
-    snapshot_type: type | None
-    guarantee: Guarantee
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def snapshot_type(self) -> type | None: ...
+    @property
+    def guarantee(self) -> Guarantee: ...
 
     def build(self, resume_state: Any | None) -> SinkLogic: ...

@@ -114,8 +114,10 @@ class StepLogic(Protocol):
 class StepDefinition(Protocol):
     """An immutable description of a step that builds its logic."""
 
-    #: type of the object ``snapshot()`` returns, used to decode it from a checkpoint (``None`` = stateless)
-    snapshot_type: type | None
+    @property
+    def snapshot_type(self) -> type | None:
+        """Type of what ``snapshot()`` returns, to decode it from a checkpoint (``None``: stateless)."""
+        ...
 
     def build(self, resume_state: Any | None) -> StepLogic:
         """Build fresh logic, or logic resumed from ``resume_state`` (a decoded snapshot)."""
