@@ -26,6 +26,7 @@ __all__ = [
     "PassStep",
     "SelectStep",
     "WithColumnsStep",
+    "apply_per_record",
     "compile_condition",
 ]
 
@@ -163,28 +164,43 @@ class MapStep(_Stateless):
         self.fn = fn
 
     def process(self, df: pl.DataFrame, ctx: StepContext) -> pl.DataFrame | None:
-        user = df.drop([c for c in INTERNAL_COLUMNS if c in df.columns])
-        out_rows: list[dict[str, Any]] = []
-        kept: list[int] = []
-        failed: list[int] = []
-        reasons: list[str] = []
-        for i, row in enumerate(user.iter_rows(named=True)):
-            try:
-                res = self.fn(row)
-            except Exception as exc:
-                failed.append(i)
-                reasons.append(f"map failed: {type(exc).__name__}: {exc}")
-                continue
-            if res is not None:
-                out_rows.append(res)
-                kept.append(i)
-        if failed:
-            ctx.dead_letter(df[failed], pl.Series("reason", reasons))
-        if not out_rows:
-            return None
-        out = pl.DataFrame(out_rows, infer_schema_length=None)
-        internal = df.select([c for c in INTERNAL_COLUMNS if c in df.columns])[kept]
-        return out.with_columns(internal) if internal.width else out
+        return apply_per_record(df, ctx, lambda i, row: self.fn(row), what="map")
+
+
+def apply_per_record(
+    df: pl.DataFrame,
+    ctx: StepContext,
+    call: Callable[[int, dict[str, Any]], dict[str, Any] | None],
+    *,
+    what: str,
+) -> pl.DataFrame | None:
+    """Run ``call(row_index, record)`` on each record (user columns only), in order.
+
+    Records for which ``call`` raises are dead-lettered with the exception as reason; ``None`` drops a
+    record; the outputs are rebuilt into a frame carrying the input's internal columns.
+    """
+    user = df.drop([c for c in INTERNAL_COLUMNS if c in df.columns])
+    out_rows: list[dict[str, Any]] = []
+    kept: list[int] = []
+    failed: list[int] = []
+    reasons: list[str] = []
+    for i, row in enumerate(user.iter_rows(named=True)):
+        try:
+            res = call(i, row)
+        except Exception as exc:
+            failed.append(i)
+            reasons.append(f"{what} failed: {type(exc).__name__}: {exc}")
+            continue
+        if res is not None:
+            out_rows.append(res)
+            kept.append(i)
+    if failed:
+        ctx.dead_letter(df[failed], pl.Series("reason", reasons))
+    if not out_rows:
+        return None
+    out = pl.DataFrame(out_rows, infer_schema_length=None)
+    internal = df.select([c for c in INTERNAL_COLUMNS if c in df.columns])[kept]
+    return out.with_columns(internal) if internal.width else out
 
 
 class KeyByStep(_Stateless):

@@ -10,7 +10,8 @@ import msgspec
 import polars as pl
 
 from tidegauge._time import Duration, parse_duration
-from tidegauge.dataflow.base import INTERNAL_COLUMNS, KEY_ID, TS, StepContext
+from tidegauge.dataflow.base import KEY_ID, TS, StepContext
+from tidegauge.dataflow.steps import apply_per_record
 
 __all__ = ["KeyedState", "KeyedStateSnapshot", "StatefulMapStep"]
 
@@ -108,32 +109,16 @@ class _StatefulMapLogic:
         self.state = state
 
     def process(self, df: pl.DataFrame, ctx: StepContext) -> pl.DataFrame | None:
-        user = df.drop([c for c in INTERNAL_COLUMNS if c in df.columns])
         keys = df[KEY_ID].to_list()
         times = df[TS].to_list()
-        out_rows: list[dict[str, Any]] = []
-        kept: list[int] = []
-        failed: list[int] = []
-        reasons: list[str] = []
-        for i, row in enumerate(user.iter_rows(named=True)):
-            k = keys[i]
-            try:
-                new_state, out = self.fn(self.state.get(k, at_us=times[i]), row)
-                msgspec.msgpack.encode(new_state)  # refuse state that could not be checkpointed
-            except Exception as exc:
-                failed.append(i)
-                reasons.append(f"stateful_map failed: {type(exc).__name__}: {exc}")
-                continue
-            self.state.set(k, new_state, at_us=times[i])
-            if out is not None:
-                out_rows.append(out)
-                kept.append(i)
-        if failed:
-            ctx.dead_letter(df[failed], pl.Series("reason", reasons))
-        if not out_rows:
-            return None
-        internal = df.select([c for c in INTERNAL_COLUMNS if c in df.columns])[kept]
-        return pl.DataFrame(out_rows, infer_schema_length=None).with_columns(internal)
+
+        def call(i: int, row: dict[str, Any]) -> dict[str, Any] | None:
+            new_state, out = self.fn(self.state.get(keys[i], at_us=times[i]), row)
+            msgspec.msgpack.encode(new_state)  # refuse state that could not be checkpointed
+            self.state.set(keys[i], new_state, at_us=times[i])
+            return out
+
+        return apply_per_record(df, ctx, call, what="stateful_map")
 
     def on_watermark(self, ctx: StepContext) -> pl.DataFrame | None:
         self.state.expire(watermark_us=ctx.watermark)
