@@ -1,0 +1,400 @@
+"""The alert manager: evaluates rules on batches, runs the lifecycle, groups, mutes, routes and notifies.
+
+Driven by an injectable clock. Standalone: ``evaluate(df, now)`` after each batch, ``tick(now)`` when time
+passes with no data. In a flow: :class:`~tidegauge.alerting.step.AlertStep` calls the same two methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import string
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from tidegauge._time import Clock, Duration, SystemClock, parse_duration
+from tidegauge.alerting.config import AlertingConfig
+from tidegauge.alerting.dispatch import DeliveryPolicy, Dispatcher
+from tidegauge.alerting.grouping import flush_group, group_key, new_group
+from tidegauge.alerting.lifecycle import Alert, advance, fingerprint, new_alert, observe
+from tidegauge.alerting.notifiers import Notifier, build_notifier
+from tidegauge.alerting.routing import Inhibitor, Matcher, Route, Silence, compile_route
+from tidegauge.alerting.rules import ACTIVE, ID, SEEN, CompiledRule, compile_rule
+from tidegauge.alerting.store import AlertStore, GroupState
+
+__all__ = ["TRANSITION_SCHEMA", "AlertManager"]
+
+logger = logging.getLogger(__name__)
+
+TRANSITION_SCHEMA: dict[str, pl.DataType] = {
+    "at": pl.Datetime("us", "UTC"), "fingerprint": pl.String(), "rule": pl.String(), "severity": pl.String(),
+    "state": pl.String(), "labels": pl.String(),
+}
+_RULE_STATE_EVERY_US = 5_000_000  # per-key rule state is persisted at most every 5 s (and at close)
+
+
+class _Missing(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "<no value>"
+
+
+def render(template: str, fields: Mapping[str, Any]) -> str:
+    """Fill ``{field}`` placeholders from the record; unknown fields read ``<no value>``."""
+    try:
+        return string.Formatter().vformat(template, (), _Missing(fields))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        logger.debug("template %r: %s", template, exc)
+        return template
+
+
+class AlertManager:
+    """Rules, lifecycle, grouping, inhibition, silences and notification, persisted in ``store``.
+
+    Parameters
+    ----------
+    config:
+        Validated rules file (:func:`~tidegauge.alerting.config.load_config`).
+    store:
+        An :class:`AlertStore`, or the path of its SQLite file (default in memory: state lost at exit).
+    clock:
+        Processing-time clock (a :class:`~tidegauge._time.ManualClock` in tests).
+    notifiers:
+        Receiver name -> notifier, overriding the ones built from ``config.receivers``.
+    delivery:
+        ``"inline"`` delivers due notifications at the end of each evaluate/tick (deterministic);
+        ``"background"`` delivers from one thread per receiver; ``"none"`` only queues them.
+    """
+
+    def __init__(
+        self,
+        config: AlertingConfig,
+        *,
+        store: AlertStore | str | Path | None = None,
+        clock: Clock | None = None,
+        notifiers: Mapping[str, Notifier] | None = None,
+        delivery: Literal["inline", "background", "none"] = "inline",
+        key_column: str = "sensor_id",
+        time_column: str = "timestamp",
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._own_store = not isinstance(store, AlertStore)
+        self.store = store if isinstance(store, AlertStore) else AlertStore(store or ":memory:")
+        self.rules = [compile_rule(r, key_column=key_column, time_column=time_column, flap=config.flap)
+                      for r in config.rules]
+        self._rules = {r.name: r for r in self.rules}
+        self.route = compile_route(config.route)
+        self._routes: dict[str, Route] = {r.path: r for r in self.route.walk()}
+        self.inhibitor = Inhibitor(config.inhibit_rules)
+        self.receivers = {r.name: r for r in config.receivers}
+        built: dict[str, Notifier] = {}
+        for r in config.receivers:
+            built[r.name] = notifiers[r.name] if notifiers and r.name in notifiers else build_notifier(r)
+        policies = {r.name: DeliveryPolicy(r.max_attempts, parse_duration(r.backoff), parse_duration(r.max_backoff))
+                    for r in config.receivers}
+        self.dispatcher = Dispatcher(self.store, built, policies=policies, clock=self.clock)
+        self.delivery = delivery
+        self.retention_us = parse_duration(config.resolved_retention)
+        self.eval_seconds: dict[str, float] = {}
+        self.evaluations: Counter[str] = Counter()
+        self.alerts: dict[str, Alert] = {a.fingerprint: a for a in self.store.load_alerts()}
+        self._ids: dict[str, dict[str, str]] = {r.name: {} for r in self.rules}
+        for a in self.alerts.values():
+            rule = self._rules.get(a.rule)
+            if rule is not None:
+                self._ids[a.rule][self._identity(rule, a.labels)] = a.fingerprint
+        self.groups: dict[str, GroupState] = {g.key: g for g in self.store.load_groups()}
+        for name, blob in self.store.load_rule_state().items():
+            if name in self._rules:
+                self._rules[name].restore(blob)
+        self._silences: list[Silence] = self.store.silences()
+        self._dirty_alerts: set[str] = set()
+        self._gone_alerts: set[str] = set()
+        self._dirty_groups: set[str] = set()
+        self._gone_groups: set[str] = set()
+        self._outbox: list[tuple[str, str, str, dict[str, Any], int]] = []
+        self._transitions: list[tuple[int, str, str, str, str, str]] = []
+        self._rule_state_at = -(2**62)
+        self._rule_state_dirty: set[str] = set()
+        if delivery == "background":
+            self.dispatcher.start()
+        if self.alerts:
+            logger.info("restored %d alerts and %d groups from %s", len(self.alerts), len(self.groups),
+                        self.store.path)
+
+    @staticmethod
+    def _identity(rule: CompiledRule, labels: Mapping[str, str]) -> str:
+        return "\x1f".join(labels.get(c, "") for c in rule.by) if rule.by else rule.name
+
+    def _now(self, now_us: int | None) -> int:
+        return self.clock.now_us() if now_us is None else now_us
+
+    def _held(self, rule: CompiledRule) -> set[str]:
+        ids = self._ids[rule.name]
+        return {i for i, fp in ids.items() if self.alerts[fp].state != "resolved"}
+
+    # evaluation --------------------------------------------------------------------------------------------
+    def evaluate(self, df: pl.DataFrame, now_us: int | None = None) -> pl.DataFrame:
+        """Evaluate every rule on batch ``df`` at processing time ``now_us``; return the alert transitions."""
+        now = self._now(now_us)
+        applicable = [r for r in self.rules if r.applies(df)] if df.height else []
+        screened = [r for r in applicable if r.hit_expr is not None]
+        hits: dict[str, bool] = {}
+        if screened:
+            # one pass over the batch tells which condition rules matched anything at all
+            row = df.select([r.hit_expr.any().alias(r.name) for r in screened if r.hit_expr is not None]).row(0)
+            hits = {r.name: bool(v) for r, v in zip(screened, row, strict=True)}
+        for rule in applicable:
+            held = self._held(rule)
+            if hits.get(rule.name, True) is False and not held:
+                continue
+            t0 = time.perf_counter()
+            obs = rule.evaluate(df, now, held)
+            self.eval_seconds[rule.name] = self.eval_seconds.get(rule.name, 0.0) + time.perf_counter() - t0
+            self.evaluations[rule.name] += 1
+            if type(rule).snapshot is not CompiledRule.snapshot:
+                self._rule_state_dirty.add(rule.name)
+            if obs is not None and obs.height:
+                self._apply(rule, obs, now)
+        return self._step(now)
+
+    def tick(self, now_us: int | None = None) -> pl.DataFrame:
+        """Advance processing time with no data: ``for``/``keep_firing_for``, no-data rules, group flushes."""
+        return self._step(self._now(now_us))
+
+    def _apply(self, rule: CompiledRule, obs: pl.DataFrame, now: int) -> None:
+        cfg = rule.cfg
+        for row in obs.iter_rows(named=True):
+            seen, active = bool(row[SEEN]), bool(row[ACTIVE])
+            fp = self._ids[rule.name].get(row[ID])
+            alert = self.alerts.get(fp) if fp else None
+            values = {k: v for k, v in row.items() if not k.startswith("_")}
+            entered: list[str] = []
+            if alert is None:
+                if not seen:
+                    continue
+                labels = {"alertname": rule.name, "severity": cfg.severity, **cfg.labels}
+                labels.update({c: "" if row.get(c) is None else str(row[c]) for c in rule.by})
+                alert = new_alert(fingerprint(labels), rule.name, labels, cfg.severity, now_us=now)
+                self.alerts[alert.fingerprint] = alert
+                self._ids[rule.name][row[ID]] = alert.fingerprint
+                self._gone_alerts.discard(alert.fingerprint)
+                entered.append("pending")
+            entered += observe(alert, rule.policy, seen=seen, active=active, now_us=now, values=values)
+            if seen:
+                fields = {**values, **alert.labels}
+                alert.annotations = {k: render(t, fields) for k, t in cfg.annotations.items()}
+            self._dirty_alerts.add(alert.fingerprint)
+            self._record(alert, entered, now)
+
+    def _record(self, alert: Alert, entered: Sequence[str], now: int) -> None:
+        for state in entered:
+            self._transitions.append((now, alert.fingerprint, alert.rule, alert.severity, state,
+                                      json.dumps(alert.labels, sort_keys=True)))
+            if state == "inactive":
+                self._forget(alert)
+            elif state in ("firing", "resolved"):
+                self._route_alert(alert, now)
+
+    def _forget(self, alert: Alert) -> None:
+        self.alerts.pop(alert.fingerprint, None)
+        ids = self._ids.get(alert.rule, {})
+        for k in [k for k, v in ids.items() if v == alert.fingerprint]:
+            del ids[k]
+        self._dirty_alerts.discard(alert.fingerprint)
+        self._gone_alerts.add(alert.fingerprint)
+
+    def _route_alert(self, alert: Alert, now: int) -> None:
+        for route in self.route.match(alert.labels):
+            labels = route.group_labels(alert.labels)
+            key = group_key(route, labels)
+            g = self.groups.get(key)
+            if g is None:
+                g = self.groups[key] = new_group(route, labels, now)
+                self._gone_groups.discard(key)
+            if alert.fingerprint not in g.alerts:
+                g.alerts.append(alert.fingerprint)
+            self._dirty_groups.add(key)
+
+    def _step(self, now: int) -> pl.DataFrame:
+        for rule in self.rules:
+            obs = rule.tick(now, self._held(rule))
+            if obs is not None and obs.height:
+                self._apply(rule, obs, now)
+        for alert in list(self.alerts.values()):
+            if alert.state == "resolved":
+                if alert.resolved_at is not None and now - alert.resolved_at >= self.retention_us:
+                    self._forget(alert)
+                continue
+            owner = self._rules.get(alert.rule)
+            if owner is None:
+                continue
+            entered = advance(alert, owner.policy, now_us=now)
+            if entered:
+                self._dirty_alerts.add(alert.fingerprint)
+                self._record(alert, entered, now)
+        self._silences = self.store.silences()
+        self._flush(now)
+        self._commit(now)
+        out = pl.DataFrame(self._transitions, schema={**TRANSITION_SCHEMA, "at": pl.Int64()}, orient="row")
+        out = out.with_columns(pl.col("at").cast(pl.Int64).cast(pl.Datetime("us", "UTC")))
+        self._transitions = []
+        if self.delivery == "inline":
+            self.dispatcher.deliver_due(now)
+        elif self.delivery == "background":
+            self.dispatcher.wake()
+        return out
+
+    def muted(self, now_us: int | None = None) -> dict[str, str]:
+        """Firing alerts that are not notified: fingerprint -> ``silence:<id>`` or ``inhibited:<fingerprint>``."""
+        now = self._now(now_us)
+        firing = {fp: a.labels for fp, a in self.alerts.items() if a.state == "firing"}
+        out = {fp: f"inhibited:{src}" for fp, src in self.inhibitor.muted(firing).items()}
+        active = [s for s in self._silences if s.active(now)]
+        for fp, labels in firing.items():
+            for s in active:
+                if s.matches(labels):
+                    out[fp] = f"silence:{s.id}"
+                    break
+        return out
+
+    def _flush(self, now: int) -> None:
+        due = sorted((g for g in self.groups.values() if g.next_flush <= now), key=lambda g: (g.next_flush, g.key))
+        if not due:
+            return
+        muted = self.muted(now)
+        for g in due:
+            route = self._routes.get(g.route)
+            receiver = self.receivers.get(g.receiver)
+            if route is None or receiver is None:  # the route tree changed since this group was saved
+                route = self.route
+            res = flush_group(g, route, self.alerts, muted, send_resolved=receiver.send_resolved if receiver else True,
+                              external_url=self.config.external_url, now_us=now)
+            if res.payload is not None:
+                self._outbox.append((g.key, g.receiver, res.payload["status"], res.payload, now))
+            if res.remove_group:
+                del self.groups[g.key]
+                self._dirty_groups.discard(g.key)
+                self._gone_groups.add(g.key)
+            else:
+                self._dirty_groups.add(g.key)
+
+    def _commit(self, now: int) -> None:
+        states: dict[str, bytes] = {}
+        if self._rule_state_dirty and now - self._rule_state_at >= _RULE_STATE_EVERY_US:
+            states = self._rule_states(self._rule_state_dirty)
+        if not (self._dirty_alerts or self._gone_alerts or self._dirty_groups or self._gone_groups
+                or self._outbox or states):
+            return
+        with self.store.transaction() as conn:
+            self.store.save_alerts(conn, [self.alerts[f] for f in self._dirty_alerts if f in self.alerts])
+            self.store.delete_alerts(conn, self._gone_alerts)
+            self.store.save_groups(conn, [self.groups[k] for k in self._dirty_groups if k in self.groups])
+            self.store.delete_groups(conn, self._gone_groups)
+            self.store.enqueue(conn, self._outbox)
+            self.store.save_rule_state(conn, states)
+        if states:
+            self._rule_state_at = now
+            self._rule_state_dirty.clear()
+        self._dirty_alerts.clear()
+        self._gone_alerts.clear()
+        self._dirty_groups.clear()
+        self._gone_groups.clear()
+        self._outbox = []
+
+    def _rule_states(self, names: set[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for n in names:
+            blob = self._rules[n].snapshot()
+            if blob is not None:
+                out[n] = blob
+        return out
+
+    # API -----------------------------------------------------------------------------------------------
+    def list_alerts(
+        self, *, state: str | None = None, severity: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[Alert]:
+        """Current alerts, filtered by state, severity and exact label values."""
+        out = [a for a in self.alerts.values()
+               if (state is None or a.state == state) and (severity is None or a.severity == severity)
+               and all(a.labels.get(k) == v for k, v in (labels or {}).items())]
+        return sorted(out, key=lambda a: (a.rule, sorted(a.labels.items())))
+
+    def acknowledge(self, fp: str, *, by: str, comment: str = "", now_us: int | None = None) -> Alert:
+        """Acknowledge an alert (stops its repeat notifications until it resolves)."""
+        alert = self._get(fp)
+        alert.ack_by, alert.ack_at, alert.ack_comment = by, self._now(now_us), comment
+        self._save_one(alert)
+        return alert
+
+    def unacknowledge(self, fp: str) -> Alert:
+        alert = self._get(fp)
+        alert.ack_by = alert.ack_at = alert.ack_comment = None
+        self._save_one(alert)
+        return alert
+
+    def _get(self, fp: str) -> Alert:
+        try:
+            return self.alerts[fp]
+        except KeyError:
+            raise KeyError(f"no alert with fingerprint {fp!r}; list them with `tidegauge alerts ls`") from None
+
+    def _save_one(self, alert: Alert) -> None:
+        with self.store.transaction() as conn:
+            self.store.save_alerts(conn, [alert])
+
+    def add_silence(
+        self, matchers: Sequence[str | Matcher], *, duration: Duration | None = None, ends_at: datetime | None = None,
+        created_by: str, comment: str = "", now_us: int | None = None,
+    ) -> Silence:
+        """Silence the alerts matching every matcher until ``ends_at`` or for ``duration`` (one is required)."""
+        now = self._now(now_us)
+        if ends_at is not None:
+            end = int(ends_at.astimezone(UTC).timestamp() * 1_000_000) if ends_at.tzinfo else None
+            if end is None:
+                raise ValueError("ends_at: pass a timezone-aware datetime")
+        elif duration is not None:
+            end = now + parse_duration(duration, name="duration")
+        else:
+            raise ValueError("a silence must end: give duration= (e.g. '2h') or ends_at=")
+        s = self.store.add_silence(matchers, starts_at=now, ends_at=end, created_by=created_by, comment=comment,
+                                   now_us=now)
+        self._silences = self.store.silences()
+        return s
+
+    def silences(self) -> list[Silence]:
+        return self.store.silences()
+
+    def expire_silence(self, silence_id: str, *, now_us: int | None = None) -> bool:
+        ok = self.store.expire_silence(silence_id, now_us=self._now(now_us))
+        self._silences = self.store.silences()
+        return ok
+
+    def metrics(self) -> dict[str, Any]:
+        """Rule evaluation time, alerts by state, notifications sent/failed (for ``/metrics``)."""
+        st = self.dispatcher.stats
+        return {
+            "rule_eval_seconds_total": dict(self.eval_seconds),
+            "rule_evaluations_total": dict(self.evaluations),
+            "alerts": dict(Counter(a.state for a in self.alerts.values())),
+            "notifications_sent_total": dict(st.sent),
+            "notifications_failed_total": dict(st.failed),
+            "notification_attempts_failed_total": dict(st.failed_attempts),
+            "notifications_dropped_total": dict(st.dropped),
+        }
+
+    def close(self) -> None:
+        """Persist per-key rule state, stop delivery workers, close the store (if this manager opened it)."""
+        states = self._rule_states({r.name for r in self.rules})
+        if states:
+            with self.store.transaction() as conn:
+                self.store.save_rule_state(conn, states)
+        self.dispatcher.stop()
+        if self._own_store:
+            self.store.close()
