@@ -20,6 +20,8 @@ from tidegauge.dataflow.watermark import SourceClock
 
 __all__ = ["ingest_batch"]
 
+_UTC_US = pl.Datetime("us", "UTC")
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,8 +70,9 @@ def ingest_batch(
     wm, future = clock.assign(ts_np, ctx.now_us)
     if other_watermark < END_OF_TIME:
         wm = np.minimum(wm, other_watermark)
+    normalised = [] if df.schema[time] == _UTC_US else [pl.Series(time, ts_np).cast(_UTC_US)]
     df = df.with_columns(
-        pl.Series(time, ts_np, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+        *normalised,
         ctx.keys.encode(df[key]),
         pl.Series(TS, ts_np, dtype=pl.Int64),
         pl.Series(WM, wm, dtype=pl.Int64),

@@ -38,6 +38,9 @@ class KeyDictionary:
 
     def __init__(self, snapshot: KeyDictionarySnapshot | None = None) -> None:
         self._table: pl.DataFrame | None = None
+        # For string keys, a polars Enum over the known keys in id order: casting to it is a hash lookup
+        # whose physical codes are exactly the ids (about 1.5x faster than a join); rebuilt on new keys.
+        self._enum: pl.Enum | None = None
         if snapshot is not None and snapshot.values:
             dtype = _dtype_from_name(snapshot.dtype)
             self._table = pl.DataFrame(
@@ -59,6 +62,16 @@ class KeyDictionary:
 
     def encode(self, keys: pl.Series) -> pl.Series:
         """Ids of ``keys`` (new keys get new ids). ``keys`` must have no nulls."""
+        if self._enum is not None and keys.dtype == pl.String:
+            codes = keys.cast(self._enum, strict=False)
+            if not codes.null_count():
+                return codes.to_physical().cast(pl.UInt32).alias(KEY_ID)
+        ids = self._encode_join(keys)
+        if self._table is not None and self._table.schema["key"] == pl.String:
+            self._enum = pl.Enum(self._table["key"])
+        return ids
+
+    def _encode_join(self, keys: pl.Series) -> pl.Series:
         frame = keys.alias("key").to_frame()
         if self._table is None:
             new = keys.alias("key").unique(maintain_order=True)
