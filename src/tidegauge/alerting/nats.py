@@ -21,7 +21,7 @@ class NatsNotifier:
     def __init__(self, name: str, *, url: str, subject: str = "tidegauge.alerts", send_resolved: bool = True,
                  timeout: float = 5.0) -> None:
         try:
-            import nats  # type: ignore[import-not-found]  # noqa: F401
+            import nats  # noqa: F401
         except ImportError as exc:
             raise MissingDependencyError("nats-py", "nats") from exc
         self.name = name
@@ -36,7 +36,7 @@ class NatsNotifier:
         nc = await nats.connect(self.url, connect_timeout=self.timeout, max_reconnect_attempts=0)
         try:
             await nc.publish(self.subject, body)
-            await nc.flush(timeout=self.timeout)
+            await nc.flush(timeout=max(1, round(self.timeout)))
         finally:
             await nc.close()
 

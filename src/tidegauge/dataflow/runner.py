@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections import deque
@@ -132,11 +133,11 @@ class Runner:
     def run(self) -> RunResult:
         """Run until every source is exhausted or :meth:`stop` is called (blocking)."""
         try:
-            import uvloop  # type: ignore[import-not-found]
-
-            return uvloop.run(self.run_async())  # type: ignore[no-any-return]
+            uvloop: Any = importlib.import_module("uvloop")  # faster event loop, when installed
         except ImportError:
             return asyncio.run(self.run_async())
+        result: RunResult = uvloop.run(self.run_async())
+        return result
 
     def positions(self) -> dict[str, Any]:
         """Each source's position after the last batch the flow processed (what a checkpoint records)."""
