@@ -298,13 +298,22 @@ def main(argv: list[str] | None = None) -> None:
     for wl in (WORKLOADS if a.workload == "all" else [a.workload]):
         print(f"workload {wl}: {WORKLOADS[wl][0]:,} sensors, {N:,} readings", flush=True)
         rows: dict[str, Any] = {}
+        runnable = []
         for impl in impls:
-            env = {"POLARS_MAX_THREADS": "1"} if impl in ("polars_1thread",) else None
             if impl != "tidegauge" and not (a.peers / "common.py").exists():
                 print(f"  {impl}: skipped, no peer scripts in {a.peers} (use --peers DIR)", flush=True)
-                continue
-            args = ["--child", impl, wl, "--peers", str(a.peers.resolve())]
-            runs = [r for r in (spawn(args, env) for _ in range(a.reps)) if r]
+            else:
+                runnable.append(impl)
+        # repetitions are interleaved (tidegauge, peer, peer, ..., tidegauge, ...) so that load from other
+        # processes on a shared machine falls on every implementation alike
+        results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in runnable}
+        for _ in range(a.reps):
+            for impl in runnable:
+                env = {"POLARS_MAX_THREADS": "1"} if impl == "polars_1thread" else None
+                r = spawn(["--child", impl, wl, "--peers", str(a.peers.resolve())], env)
+                if r:
+                    results[impl].append(r)
+        for impl, runs in results.items():
             if not runs:
                 continue
             eps = statistics.median(r["events_per_s"] for r in runs)
@@ -312,7 +321,11 @@ def main(argv: list[str] | None = None) -> None:
                           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                           "windows_out": runs[0]["windows_out"],
                           **({"matches_polars": all(r["matches_polars"] for r in runs)} if impl == "tidegauge" else {})}
-            print(f"  {impl:18s} {eps:>13,.0f} readings/s  peak RSS {rows[impl]['peak_rss_mb']:.0f} MB", flush=True)
+            check = ""
+            if impl == "tidegauge":
+                check = "  results equal polars group_by: " + ("yes" if rows[impl]["matches_polars"] else "NO")
+            print(f"  {impl:18s} {eps:>13,.0f} readings/s  peak RSS {rows[impl]['peak_rss_mb']:.0f} MB{check}",
+                  flush=True)
         tg = rows.get("tidegauge", {}).get("median_events_per_s")
         if tg:
             for r in rows.values():
