@@ -212,6 +212,8 @@ class PaneState:
     def _combine_any(self, spec: AggSpec, slots: list[int], ks: np.ndarray) -> Any:
         a = self.arrays
         i = self.fields.index(spec.field)  # type: ignore[arg-type]
+        if len(slots) == 1:
+            return self._one_pane(spec, i, slots[0], ks)
         sel = np.ix_(np.asarray(slots, dtype=np.intp), ks)
         c = a[f"{i}.cnt"][sel]
         n = c.sum(axis=0)
@@ -240,6 +242,27 @@ class PaneState:
                 case "last":
                     idx = c.shape[0] - 1 - np.argmax((c > 0)[::-1], axis=0)
                     return a[f"{i}.lv"][sel][idx, np.arange(ks.size)]
+        raise ValueError(f"{spec.agg!r} is not a mergeable aggregation")  # pragma: no cover
+
+    def _one_pane(self, spec: AggSpec, i: int, slot: int, ks: np.ndarray) -> Any:
+        """The same values for a window of one pane (tumbling windows): plain gathers, nothing to merge."""
+        a = self.arrays
+        n = a[f"{i}.cnt"][slot, ks]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            match spec.agg:
+                case "count":
+                    return n
+                case "sum":
+                    return a[f"{i}.sum"][slot, ks]
+                case "mean":
+                    return a[f"{i}.sum"][slot, ks] / n
+                case "min" | "max":
+                    return np.where(n > 0, a[f"{i}.{spec.agg}"][slot, ks], np.nan)
+                case "std" | "var":
+                    var = np.where(n > 1, a[f"{i}.m2"][slot, ks] / (n - 1), np.nan)
+                    return np.sqrt(var) if spec.agg == "std" else var
+                case "first" | "last":
+                    return np.where(n > 0, a[f"{i}.{'fv' if spec.agg == 'first' else 'lv'}"][slot, ks], np.nan)
         raise ValueError(f"{spec.agg!r} is not a mergeable aggregation")  # pragma: no cover
 
 

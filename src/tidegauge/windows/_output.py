@@ -72,6 +72,6 @@ def result_frame(
             *(body[s.name] for s in specs),
             body[KEY_ID].cast(pl.UInt32),
             ts.cast(pl.Int64).alias(TS),
-            pl.Series(WM, [ctx.watermark] * body.height, dtype=pl.Int64),
+            pl.Series(WM, np.full(body.height, ctx.watermark, dtype=np.int64)),
         ]
     )
