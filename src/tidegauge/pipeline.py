@@ -10,7 +10,7 @@
     sink: {file: windows.parquet}      # or a list of sinks
     dead_letter: {file: rejected.jsonl}  # optional: every rejected record, with its reason
     late: {file: late.jsonl}             # optional: records too late for the last window step
-    checkpoint: {dir: ./state, interval: 1s, keep: 3}
+    checkpoint: {dir: ./state, interval: 1s, every_batches: 100, keep: 3}
     watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h}
     batch: {max_rows: 65536, max_delay: 5ms}
 
@@ -80,6 +80,7 @@ class EnrichConfig(msgspec.Struct, **_Strict):
 class CheckpointSection(msgspec.Struct, **_Strict):
     dir: str
     interval: str = "10s"
+    every_batches: int | None = None
     keep: int = 3
 
 
@@ -197,8 +198,8 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         last_window.late().sink(_sink(config.late, base), name=config.late.name or "late")
     cp = None
     if config.checkpoint is not None:
-        cp = CheckpointConfig(base / config.checkpoint.dir, interval=config.checkpoint.interval,
-                              keep=config.checkpoint.keep)
+        c = config.checkpoint
+        cp = CheckpointConfig(base / c.dir, interval=c.interval, every_batches=c.every_batches, keep=c.keep)
     return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay)
 
 

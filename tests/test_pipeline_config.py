@@ -1,0 +1,64 @@
+"""Pipeline files: every mistake is refused with the path inside the file and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidegauge.errors import ConfigError
+from tidegauge.pipeline import build_pipeline, load_pipeline
+
+GOOD = """
+source: {file: readings.csv}
+steps:
+  - filter: "temperature > -40"
+  - window: {type: sliding, size: 1m, slide: 10s, aggregate: {temperature: [count, p50, {name: spread, expr: "max(temperature) - min(temperature)"}]}}
+sink: {file: out.parquet}
+dead_letter: {file: dead.jsonl}
+late: {file: late.jsonl}
+checkpoint: {dir: state, interval: 5s, every_batches: 10}
+watermark: {max_delay: 2s, idle_timeout: 30s, max_future: 10m}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "readings.csv").write_text("sensor_id,timestamp,temperature\na,2026-01-01T00:00:00Z,1.0\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_a_full_pipeline_builds(tmp_path: Path) -> None:
+    built = build_pipeline(load_pipeline(write(tmp_path, GOOD)), base_dir=tmp_path)
+    kinds = [n.kind for n in built.flow.nodes.values()]
+    assert kinds.count("sink") == 3
+    assert built.checkpoint is not None and built.checkpoint.every_batches == 10
+    assert built.flow.watermark.max_delay == 2_000_000 and built.flow.watermark.max_future == 600_000_000
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("interval: 5s", "intervall: 5s"), r"unknown field `intervall` - at `\$.checkpoint`; valid keys here: dir"),
+        (("max_delay: 2s", "max_delay: 2 parsecs"), r"watermark.max_delay: '2 parsecs' is not a duration"),
+        (("type: sliding", "type: hopping"), r"\$.steps\[1\].window.*hopping"),
+        (("slide: 10s", "slide: 7s"), r"multiple"),
+        (("- filter: \"temperature > -40\"", "- filtre: \"x\""), r"\$.steps\[0\]: each step is a mapping with one key"),
+        (("- filter: \"temperature > -40\"", "- filter: \"temperature >>> 4\""), r"not a valid SQL condition"),
+        (("[count, p50", "[count, p101"), r"p101"),
+        (("source: {file: readings.csv}", "source: {file: readings.csv, simulator: {}}"), r"exactly one of"),
+    ],
+)
+def test_bad_files_are_refused_precisely(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    assert change[0] in GOOD
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises((ConfigError, ValueError), match=message):
+        build_pipeline(load_pipeline(path), base_dir=tmp_path)
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(write(tmp_path, "source: [unclosed"))
+    with pytest.raises(ConfigError, match="no such pipeline file"):
+        load_pipeline(tmp_path / "nope.yaml")
