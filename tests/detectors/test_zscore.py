@@ -104,3 +104,19 @@ def test_bad_fields() -> None:
         ZScore([1])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="at least 1"):
         ZScore([])
+
+
+def test_return_from_an_absorbed_shift_is_not_flagged() -> None:
+    import numpy as np
+    import polars as pl
+
+    from tidegauge.detectors import ZScore
+
+    rng = np.random.default_rng(1)
+    # 1,500 normal readings (a mature baseline), a shift of 10 sd for 4,000 readings that the slow mean
+    # absorbs, then back to the old level
+    x = np.r_[rng.normal(0, 1, 1500), rng.normal(10, 1, 4000), rng.normal(0, 1, 500)]
+    det = ZScore(["x"], alpha=0.001, clip=4.0, warmup=100, restart=(10, 1000), threshold=0.99999)
+    flags = det.build().score_learn(pl.DataFrame({"x": x}))["is_anomaly"].to_numpy()
+    assert flags[1500:1510].all()  # the shift is caught at once
+    assert flags[5500:].sum() <= 2  # the return is recognised as the old normal

@@ -51,3 +51,24 @@ def test_missing_columns_are_named() -> None:
                 {"sensor_id": ["a"], "timestamp": [0], "truth_anomaly": [False], "is_anomaly": [False]}
             )
         )
+
+
+def test_events_without_an_observed_onset_are_censored() -> None:
+    f = pl.DataFrame(
+        {
+            "sensor_id": ["a"] * 6,
+            "timestamp": list(range(6)),
+            "truth_anomaly": [True, True, False, False, True, True],
+            "truth_type": ["spike", "spike", None, None, "spike", "spike"],
+            "is_anomaly": [False, False, True, False, False, True],
+        }
+    )
+    r = score_simulation(f)["spike"]
+    # the event in progress at the first row is censored; the one at row 4 is detected one row late
+    assert (r.events, r.censored, r.detected, r.median_delay_rows) == (1, 1, 1, 1.0)
+    assert r.precision == pytest.approx(1 / 2)  # the alarm at row 2 is false
+    late = score_simulation(f, probation=3)["spike"]
+    assert late.precision == 1.0  # row 2 is inside the probation
+    assert score_simulation(f, probation=5)["spike"].events == 0
+    with pytest.raises(ValueError, match="probation"):
+        score_simulation(f, probation=-1)

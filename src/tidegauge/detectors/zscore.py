@@ -16,6 +16,8 @@ __all__ = ["ZScore", "ZScoreSnapshot"]
 logger = logging.getLogger(__name__)
 
 _SQRT2 = math.sqrt(2.0)
+_SUSTAIN = 10
+"""Winsorised readings in a row that make a shift sustained when ``restart`` is off (else ``restart[0]``)."""
 
 
 class ZScoreSnapshot(DetectorSnapshot, frozen=True, tag="detector/zscore/1"):
@@ -34,6 +36,10 @@ class ZScore(Detector):
     Learning is winsorised: a value more than ``clip`` standard deviations away moves the mean by at most
     ``alpha * clip * sd`` and leaves the variance alone, so a sustained shift keeps being flagged for many
     readings instead of being absorbed at once, while a permanent change of level is still learned.
+    When a mature baseline sees a sustained shift (``restart[0]`` winsorised values in a row), it
+    remembers the level the shift left; a later value back within ``clip`` standard deviations of that
+    level is scored against it and snaps the mean back, so the end of a long, absorbed anomaly is not
+    flagged for thousands of readings.
 
     Parameters
     ----------
@@ -113,6 +119,7 @@ class _ZScoreLogic(DetectorLogic):
         self._declare("var", (f,), np.float64, 0.0)
         self._declare("count", (f,), np.int64, 0)
         self._declare("run", (f,), np.int64, 0)
+        self._declare("anchor", (f,), np.float64, np.nan)
 
     def _run(self, batch: Batch, out: np.ndarray, score: bool, learn: bool) -> None:
         d = self.definition
@@ -125,12 +132,14 @@ class _ZScoreLogic(DetectorLogic):
             a["var"],
             a["count"],
             a["run"],
+            a["anchor"],
             d.alpha,
             -1.0 if d.clip is None else d.clip,
             d.min_std * d.min_std,
             d.warmup,
             0 if d.restart is None else d.restart[0],
             0 if d.restart is None else d.restart[1],
+            _SUSTAIN if d.restart is None else d.restart[0],
             score,
             learn,
             out,
@@ -145,12 +154,14 @@ def _zscore_kernel(
     var: np.ndarray,
     count: np.ndarray,
     run: np.ndarray,
+    anchor: np.ndarray,
     alpha: float,
     clip: float,
     min_var: float,
     warmup: int,
     restart_after: int,
     maturity: int,
+    sustain: int,
     do_score: bool,
     do_learn: bool,
     out: np.ndarray,
@@ -170,8 +181,13 @@ def _zscore_kernel(
                 s2 = min_var
             sd = math.sqrt(s2)
             dev = v - m
+            anc = anchor[k, j]
+            # settled (not inside a shift) and back at the level held before the last sustained shift:
+            # the shift is over, judge the value against that level
+            back = clip > 0.0 and run[k, j] <= 0 and not math.isnan(anc) and abs(v - anc) <= clip * sd
             if do_score and c >= warmup and c > 0:
-                s = math.erf(abs(dev) / sd / _SQRT2)
+                z = abs(v - anc) if back and abs(v - anc) < abs(dev) else abs(dev)
+                s = math.erf(z / sd / _SQRT2)
                 if s > best:
                     best = s
             if do_learn:
@@ -181,9 +197,21 @@ def _zscore_kernel(
                 if a < alpha:
                     a = alpha
                 if clip > 0.0 and c > warmup and c > 1 and abs(dev) > clip * sd:
-                    r = run[k, j] + 1
+                    prev = run[k, j]
+                    if back:
+                        # return from a learned shift: snap to the earlier level instead of crawling back
+                        mean[k, j] = anc
+                        run[k, j] = 0
+                        continue
+                    r = prev + 1
+                    if r == sustain and (c >= maturity or restart_after == 0):
+                        # a sustained shift of a mature baseline: remember the level it leaves (single
+                        # outliers never move it; the mean has moved only sustain bounded steps since)
+                        anchor[k, j] = m
                     if restart_after > 0 and r >= restart_after and c < maturity:
-                        # a young baseline contradicted for long: start over at the new level
+                        # a young baseline contradicted for long: start over at the new level, and
+                        # forget the old one (it may have been learned during an anomaly)
+                        anchor[k, j] = math.nan
                         mean[k, j] = v
                         var[k, j] = 0.0
                         count[k, j] = 1
