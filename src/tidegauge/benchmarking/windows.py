@@ -89,7 +89,7 @@ def run_tidegauge(workload: str) -> dict[str, Any]:
     warm = _CountingSink()
     wflow = Flow("warm")
     aggs = {"value": ["count", "sum", "mean", "min", "max"]}
-    wflow.source(MemorySource(df.head(1000))).window(Tumbling("10s"), aggs).sink(warm)
+    wflow.source(MemorySource(df.head(65_536))).window(Tumbling("10s"), aggs).sink(warm)
     wflow.run()
     import gc
 
