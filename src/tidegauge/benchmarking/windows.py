@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "WORKLOAD"), help=argparse.SUPPRESS)
     ap.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", nargs="+", choices=IMPLS, help="run only these implementations")
     ap.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     ap.add_argument("--memory", action="store_true", help="also measure RSS over a 10x longer run")
     ap.add_argument("--peers", type=Path, default=PEERS_DEFAULT,
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         impls = IMPLS
     except ImportError:
         impls = [i for i in IMPLS if i != "bytewax"]
+    if a.only:
+        impls = [i for i in impls if i in a.only]
     report: dict[str, Any] = {"readings": N, "workloads": {}}
     for wl in (WORKLOADS if a.workload == "all" else [a.workload]):
         print(f"workload {wl}: {WORKLOADS[wl][0]:,} sensors, {N:,} readings", flush=True)
