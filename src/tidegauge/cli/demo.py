@@ -44,13 +44,12 @@ def demo(
     """Run a simulated fleet through windows and anomaly detection, live."""
     from tidegauge.connectors.files import FileSink
     from tidegauge.connectors.simulator import SimulatorSource
-    from tidegauge.dataflow import Flow, Runner, WatermarkConfig
+    from tidegauge.dataflow import CheckpointConfig, Flow, Runner, WatermarkConfig
     from tidegauge.simulate import FleetConfig
     from tidegauge.windows import Tumbling
 
     stop_after = parse_duration(duration, name="--duration") / 1e6
     run_dir = data_dir / datetime.now(UTC).strftime("run-%Y%m%dT%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
     fleet = FleetConfig(sensors=sensors, rate=rate, seed=seed, start=datetime.now(UTC))
     flow = Flow("demo", watermark=WatermarkConfig.of(max_delay="2s", idle_timeout="5s"))
     readings = flow.source(SimulatorSource(fleet, paced=True))
@@ -65,8 +64,10 @@ def demo(
                                                                  name="windows_1m")
     readings.window(Tumbling("5m"), aggs, name="window_5m").sink(FileSink(run_dir / "windows_5m.parquet"),
                                                                  name="windows_5m")
-    flow.dead_letters().sink(FileSink(run_dir / "dead_letters.jsonl"), name="dead_letters")
-    runner = Runner(flow, max_delay="20ms")
+    flow.dead_letters().sink(FileSink(run_dir / "dead_letters.jsonl"), name="dead_letter_file")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # checkpoints every 5 s also commit the sinks, so the files under run_dir fill up while it runs
+    runner = Runner(flow, max_delay="20ms", checkpoint=CheckpointConfig(run_dir / "state", interval="5s"))
     console = Console()
     console.print(f"tidegauge demo: {sensors} sensors at {rate:,.0f} readings/s -> {run_dir}  (Ctrl-C to stop)")
 

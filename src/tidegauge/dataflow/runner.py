@@ -191,6 +191,11 @@ class Runner:
                 await self._advance(self.clock.now_us(), final=True)
             if self._store is not None:
                 await self._checkpoint()
+            else:  # no checkpoints: still make everything written so far visible before closing
+                self.epoch += 1
+                for sink in self._sinks.values():
+                    await sink.pre_commit(self.epoch)
+                    await sink.commit(self.epoch)
             for logic in self._sinks.values():
                 await logic.close()
         finally:
