@@ -1,0 +1,160 @@
+"""MQTT intake throughput: tidegauge's MqttSource vs a plain paho subscriber, in the same run.
+
+Starts a private Mosquitto on a free loopback port with ``max_queued_messages 0`` (so the broker buffers
+instead of dropping, as in ``../shared/bench/ingest/mosquitto-unbounded.conf``), then for each consumer:
+subscribe, start a publisher process (paho, pre-built IoT readings), and count readings until all arrived.
+
+- ``paho``: the reference, like ``shared/bench/ingest/mqtt_sub_paho.py`` (on_message msgspec-decodes into a
+  Struct and appends to a list);
+- ``tidegauge``: ``MqttSource(...).build(None)`` drained with ``next_batch`` into polars DataFrames, key
+  taken from the topic template.
+
+Usage: ``python benchmarks/mqtt_intake.py [N] [QOS] [ROUNDS]`` (default 100000 0 3); prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import paho.mqtt.client as paho
+
+from tidegauge.connectors.mqtt import MqttConnection, MqttSource
+
+PUBLISHER = r"""
+import sys, threading, msgspec, paho.mqtt.client as mqtt
+port, qos, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def reading(i):
+    return {"timestamp": f"2026-11-22T00:00:{i // 1000 % 60:02d}.{i % 1000:03d}Z", "temperature": 20.5,
+            "humidity": 55.1, "pressure": 1011.2, "vibration": 0.4, "power_consumption": 99.9}
+msgs = [(f"sensors/S{i % 10000:05d}/telemetry", msgspec.json.encode(reading(i))) for i in range(n)]
+ok = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+c.on_connect = lambda *a: ok.set()
+c.connect("127.0.0.1", port); c.loop_start(); ok.wait(10)
+print("GO", flush=True); sys.stdin.readline()
+infos = []
+for i, (t, p) in enumerate(msgs):
+    if qos and i >= 5000:
+        infos[i - 5000].wait_for_publish(600)
+    infos.append(c.publish(t, p, qos=qos))
+for info in infos:
+    info.wait_for_publish(600)
+c.disconnect(); c.loop_stop()
+"""
+
+
+class Reading(msgspec.Struct):
+    timestamp: str
+    temperature: float
+    humidity: float
+    pressure: float
+    vibration: float
+    power_consumption: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_publisher(port: int, qos: int, n: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(port), str(qos), str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "GO"
+    return proc
+
+
+def go(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+
+
+def run_paho(port: int, qos: int, n: int) -> tuple[int, float]:
+    dec = msgspec.json.Decoder(Reading)
+    out: list[Reading] = []
+    subscribed = threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    c.on_connect = lambda cl, *a: cl.subscribe("sensors/+/telemetry", qos=qos)
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.on_message = lambda _c, _u, m: out.append(dec.decode(m.payload))
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    assert subscribed.wait(10)
+    pub = start_publisher(port, qos, n)
+    t0 = time.perf_counter()
+    go(pub)
+    deadline = t0 + 600
+    while len(out) < n and time.perf_counter() < deadline:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    pub.wait()
+    return len(out), elapsed
+
+
+async def run_tidegauge(port: int, qos: int, n: int) -> tuple[int, float]:
+    source = MqttSource("sensors/+/telemetry", connection=MqttConnection(port=port), qos=1 if qos else 0,
+                        template="sensors/{sensor_id}/telemetry")
+    logic = source.build(None)
+    while not logic.subscribed.is_set():
+        await asyncio.sleep(0.01)
+    pub = start_publisher(port, qos, n)
+    got = 0
+    t0 = time.perf_counter()
+    go(pub)
+    deadline = t0 + 600
+    while got < n and time.perf_counter() < deadline:
+        df = await logic.next_batch(65_536, 0.005)
+        got += 0 if df is None else df.height
+    elapsed = time.perf_counter() - t0
+    await logic.close()
+    pub.wait()
+    return got, elapsed
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    qos = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="tg-mqtt-bench-"))
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n")
+    broker = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        rates: dict[str, list[float]] = {"paho": [], "tidegauge": []}
+        lost: dict[str, int] = {"paho": 0, "tidegauge": 0}
+        for _ in range(rounds):  # interleaved, so drift in machine load hits both
+            got, s = run_paho(port, qos, n)
+            rates["paho"].append(got / s)
+            lost["paho"] += n - got
+            got, s = asyncio.run(run_tidegauge(port, qos, n))
+            rates["tidegauge"].append(got / s)
+            lost["tidegauge"] += n - got
+    finally:
+        broker.terminate()
+        broker.wait()
+    paho_rate, tg_rate = statistics.median(rates["paho"]), statistics.median(rates["tidegauge"])
+    print(json.dumps({"messages": n, "qos": qos, "rounds": rounds, "paho_msgs_per_s": round(paho_rate),
+                      "tidegauge_readings_per_s": round(tg_rate), "ratio": round(tg_rate / paho_rate, 3),
+                      "lost": lost, "all_rates": {k: [round(r) for r in v] for k, v in rates.items()}}))
+
+
+if __name__ == "__main__":
+    main()

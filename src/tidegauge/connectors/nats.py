@@ -1,0 +1,315 @@
+"""NATS JetStream source (durable pull consumer) and sink (de-duplicated publishes), with nats-py.
+
+Guarantees
+----------
+:class:`NatsSource` acknowledges a message only in ``ack(position)``, i.e. after the checkpoint that covers
+it has been written. A crash therefore loses nothing: messages handed out but not acknowledged are
+redelivered by JetStream (after ``ack_wait``; at once after a clean stop, which NAKs them). A crash between
+writing the checkpoint and acknowledging redelivers messages the checkpoint already covers, so the source is
+**at-least-once**; with an idempotent sink (:class:`NatsSink`, the upserting PostgreSQL sink) the output is
+exactly-once. The consumer uses explicit acks, ``max_ack_pending`` unlimited by default (JetStream's
+default of 1,000 would stall intake between checkpoints) and ``ack_wait`` that must exceed the
+checkpoint interval, or messages are redelivered (duplicated) while the flow runs.
+
+:class:`NatsSink` publishes each row as JSON with a ``Nats-Msg-Id`` header derived from the row (a hash of
+``id_columns``, e.g. key and event time, or of the whole row), and ``pre_commit`` waits for every publish
+acknowledgement. A replay after a crash republishes the same ids, which JetStream drops as duplicates if they
+arrive within the stream's ``duplicate_window`` (default 2 minutes): **exactly-once** within that window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import polars as pl
+
+from tidegauge._time import Duration, parse_duration
+from tidegauge.connectors._json_batch import TopicTemplate, decode_payloads, encode_rows, row_ids
+from tidegauge.connectors.base import Guarantee
+from tidegauge.errors import ConnectorError, MissingDependencyError
+
+try:
+    import nats
+    import nats.errors
+    from nats.aio.client import Client as NatsClient
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError("nats-py", "nats") from exc
+
+__all__ = ["NatsConnection", "NatsSink", "NatsSource", "NatsSourceState"]
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.5
+"""Long-poll for a first message: a message arriving ends the wait at once, so this only bounds how long
+an idle source takes to return an empty batch."""
+
+
+@dataclass(frozen=True)
+class NatsConnection:
+    """Server(s) and credentials. nats-py reconnects on its own, forever (``max_reconnect_attempts=-1``)."""
+
+    servers: str | Sequence[str] = "nats://127.0.0.1:4222"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls: ssl.SSLContext | None = None
+    name: str | None = None
+
+    async def connect(self) -> NatsClient:
+        servers = [self.servers] if isinstance(self.servers, str) else list(self.servers)
+        try:
+            return await nats.connect(
+                servers, user=self.user, password=self.password, token=self.token, tls=self.tls,
+                name=self.name, max_reconnect_attempts=-1, allow_reconnect=True, connect_timeout=5,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise ConnectorError(f"cannot connect to NATS at {servers}: {exc}") from exc
+
+
+class NatsSourceState(msgspec.Struct, frozen=True, tag="tidegauge.nats-source.v1"):
+    """Position: the stream sequence of the last message handed out, and how many were handed out."""
+
+    stream: str
+    consumer: str
+    sequence: int
+    delivered: int
+
+
+class NatsSource:
+    """Readings from a JetStream stream through a durable pull consumer.
+
+    Parameters
+    ----------
+    stream:
+        The stream's name (it must exist).
+    subject:
+        Subject filter of the consumer, e.g. ``"sensors.>"``.
+    durable:
+        The durable consumer's name: a restarted flow resumes where the consumer stands.
+    connection:
+        Servers and credentials.
+    template:
+        Subject template whose fields become columns where the payload lacks them
+        (``"sensors.{sensor_id}.telemetry"``; levels separated by ``.``).
+    ack_wait:
+        How long JetStream waits for an ack before redelivering; keep it above the checkpoint interval.
+    max_ack_pending:
+        Unacknowledged messages JetStream allows in flight (-1: unlimited).
+    schema:
+        Column types to decode into.
+    """
+
+    snapshot_type: type | None = NatsSourceState
+    guarantee: Guarantee = "at-least-once"
+
+    def __init__(
+        self,
+        stream: str,
+        subject: str,
+        *,
+        durable: str,
+        connection: NatsConnection | None = None,
+        template: str | None = None,
+        ack_wait: Duration = "60s",
+        max_ack_pending: int = -1,
+        schema: Mapping[str, pl.DataType] | None = None,
+        name: str | None = None,
+    ) -> None:
+        for label, value in (("stream", stream), ("subject", subject), ("durable", durable)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"NatsSource: {label}={value!r} must be a non-empty string")
+        self.stream, self.subject, self.durable = stream, subject, durable
+        self.connection = connection or NatsConnection()
+        self.template = TopicTemplate(template, separator=".") if template else None
+        self.ack_wait_s = parse_duration(ack_wait, name="ack_wait") / 1e6
+        self.max_ack_pending = max_ack_pending
+        self.schema = dict(schema) if schema else None
+        self.name = name if name is not None else "nats"
+
+    def build(self, resume_state: NatsSourceState | None) -> NatsSourceLogic:
+        """Logic that connects on its first batch; the consumer itself holds the resume point."""
+        return NatsSourceLogic(self, resume_state)
+
+
+class NatsSourceLogic:
+    """Running state of a :class:`NatsSource`."""
+
+    def __init__(self, d: NatsSource, state: NatsSourceState | None) -> None:
+        self._d = d
+        self._nc: NatsClient | None = None
+        self._sub: Any = None
+        self._seq = state.sequence if state is not None else 0
+        self._delivered = state.delivered if state is not None else 0
+        self._unacked: deque[tuple[int, str]] = deque()  # (delivered count, reply subject)
+        self._fetch: asyncio.Task[list[Any]] | None = None
+
+    async def _ensure(self) -> Any:
+        if self._sub is None:
+            d = self._d
+            self._nc = await d.connection.connect()
+            config = ConsumerConfig(
+                durable_name=d.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                ack_wait=d.ack_wait_s, max_ack_pending=d.max_ack_pending, filter_subject=d.subject,
+            )
+            try:
+                self._sub = await self._nc.jetstream().pull_subscribe(
+                    d.subject, durable=d.durable, stream=d.stream, config=config
+                )
+            except nats.errors.Error as exc:
+                raise ConnectorError(f"nats source {d.name}: cannot open consumer {d.durable!r}: {exc}") from exc
+        return self._sub
+
+    async def next_batch(self, max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
+        """Up to ``max_rows`` messages' readings; empty if none came within ``max(max_delay_s, 0.5 s)``."""
+        sub = await self._ensure()
+        if self._fetch is None:
+            self._fetch = asyncio.create_task(sub.fetch(max_rows, timeout=max(max_delay_s, _IDLE_WAIT_S)))
+        # shielded: if the runner cancels us mid-fetch, the messages it brings are NAKed by close(), not
+        # left pending at the server until ack_wait
+        try:
+            msgs = await asyncio.shield(self._fetch)
+        except nats.errors.TimeoutError:
+            return pl.DataFrame()
+        finally:
+            if self._fetch.done():
+                self._fetch = None
+        if not msgs:
+            return pl.DataFrame()
+        for m in msgs:
+            self._delivered += 1
+            self._unacked.append((self._delivered, m.reply))
+        self._seq = msgs[-1].metadata.sequence.stream
+        return decode_payloads(
+            [m.data for m in msgs], topics=[m.subject for m in msgs], template=self._d.template, schema=self._d.schema
+        )
+
+    def snapshot(self) -> NatsSourceState:
+        """Stream sequence of the last message handed out."""
+        return NatsSourceState(self._d.stream, self._d.durable, self._seq, self._delivered)
+
+    async def ack(self, position: NatsSourceState | None) -> None:
+        """Acknowledge every message handed out up to ``position`` (they are in a durable checkpoint)."""
+        if position is None or self._nc is None:
+            return
+        nc, last = self._nc, None
+        while self._unacked and self._unacked[0][0] <= position.delivered:
+            _n, reply = self._unacked.popleft()
+            if last is not None:
+                await nc.publish(last, b"+ACK")
+            last = reply
+        if last is not None:  # the last one synchronously: once it is confirmed, all before it were received
+            try:
+                await nc.request(last, b"+ACK", timeout=5)
+            except nats.errors.Error as exc:
+                logger.warning("nats source %s: ack not confirmed (%s); messages may be redelivered", self._d.name, exc)
+
+    async def close(self) -> None:
+        """NAK what was handed out but not acknowledged (redelivered at once to the next run) and disconnect."""
+        if self._nc is None:
+            return
+        replies = [reply for _n, reply in self._unacked]
+        self._unacked.clear()
+        if self._fetch is not None:
+            try:
+                replies += [m.reply for m in await asyncio.wait_for(self._fetch, _IDLE_WAIT_S + 1)]
+            except (nats.errors.Error, TimeoutError):
+                pass
+        try:
+            for reply in replies:
+                await self._nc.publish(reply, b"-NAK")
+            await self._nc.flush(timeout=5)
+            await self._nc.close()
+        except nats.errors.Error as exc:
+            logger.warning("nats source %s: close: %s", self._d.name, exc)
+
+
+class NatsSink:
+    """Publish each row as JSON to a JetStream subject, de-duplicated by a ``Nats-Msg-Id`` per row.
+
+    Parameters
+    ----------
+    subject:
+        Subject template, e.g. ``"windows.{sensor_id}"`` (a stream must capture it).
+    connection:
+        Servers and credentials.
+    id_columns:
+        Columns whose values identify a row (e.g. ``("sensor_id", "window_start")``); default: the whole row.
+    """
+
+    snapshot_type: type | None = None
+    guarantee: Guarantee = "exactly-once"
+
+    def __init__(
+        self,
+        subject: str,
+        *,
+        connection: NatsConnection | None = None,
+        id_columns: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.template = TopicTemplate(subject, separator=".")
+        self.connection = connection or NatsConnection()
+        self.id_columns = list(id_columns) if id_columns else None
+        self.name = name if name is not None else "nats"
+
+    def build(self, resume_state: None) -> NatsSinkLogic:
+        return NatsSinkLogic(self)
+
+
+class NatsSinkLogic:
+    """Running publisher of a :class:`NatsSink`."""
+
+    def __init__(self, d: NatsSink) -> None:
+        self._d = d
+        self._nc: NatsClient | None = None
+        self._js: Any = None
+        self._futures: list[asyncio.Future[Any]] = []
+
+    async def write_batch(self, df: pl.DataFrame) -> None:
+        """Publish every row asynchronously (acknowledgements are collected in ``pre_commit``)."""
+        if not df.height:
+            return
+        if self._js is None:
+            self._nc = await self._d.connection.connect()
+            self._js = self._nc.jetstream()
+        subjects = self._d.template.format_column(df).to_list()
+        payloads = encode_rows(df)
+        ids = row_ids(payloads, df, self._d.id_columns)
+        for subject, payload, msg_id in zip(subjects, payloads, ids, strict=True):
+            self._futures.append(await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}))
+        if len(self._futures) > 100_000:  # bound memory between checkpoints
+            await self._settle()
+
+    async def _settle(self) -> None:
+        futures, self._futures = self._futures, []
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise ConnectorError(f"nats sink {self._d.name}: {len(errors)} publishes failed, first: {errors[0]!r}")
+
+    async def pre_commit(self, epoch: int) -> None:
+        """Wait for JetStream to acknowledge (store) every publish so far."""
+        await self._settle()
+
+    async def commit(self, epoch: int) -> None:
+        """Nothing to do: de-duplication by message id makes replays harmless."""
+
+    def snapshot(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        """Wait for outstanding acknowledgements and disconnect."""
+        try:
+            await self._settle()
+        finally:
+            if self._nc is not None:
+                await self._nc.flush(timeout=5)
+                await self._nc.close()

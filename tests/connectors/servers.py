@@ -1,0 +1,61 @@
+"""Reachability checks for the real servers the broker-connector tests use.
+
+A test calls e.g. ``require("mosquitto")``: if the server does not answer, the test is skipped, or fails
+when ``TIDEGAUGE_REQUIRE_SERVERS=1`` is set (CI sets it, so a missing server is never a silent pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+
+import pytest
+
+SERVERS: dict[str, tuple[str, str, int]] = {
+    "mosquitto": ("Mosquitto", "127.0.0.1", 1883),
+    "nats": ("NATS", "127.0.0.1", 4222),
+    "redis": ("Redis", "127.0.0.1", 6379),
+    "postgres": ("PostgreSQL", "127.0.0.1", 5432),
+}
+
+POSTGRES_CONNINFO = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def require(server: str) -> None:
+    """Skip (or fail, under ``TIDEGAUGE_REQUIRE_SERVERS=1``) unless ``server`` accepts TCP connections."""
+    label, host, port = SERVERS[server]
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return
+    except OSError as exc:
+        message = f"{label} not reachable at {host}:{port}: {exc}"
+    if os.environ.get("TIDEGAUGE_REQUIRE_SERVERS") == "1":
+        pytest.fail(message + " (TIDEGAUGE_REQUIRE_SERVERS=1)")
+    pytest.skip(message)
+
+
+def unique(prefix: str) -> str:
+    """A name no other test run uses (topics, streams, tables)."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def rows_in(sink: object) -> int:
+    """Rows a :class:`~tidegauge.testing.MemorySink` has received so far."""
+    return sum(f.height for f in getattr(sink, "frames", []))
+
+
+async def run_until(flow: object, sink: object, rows: int, *, timeout: float = 30.0, **options: object) -> object:
+    """Run ``flow`` (with an endless broker source) until ``sink`` has ``rows`` rows, then stop it.
+
+    ``timeout`` only bounds a broken run (it is not an assertion on speed): the caller checks the rows.
+    """
+    runner = flow.runner(max_delay="5ms", **options)  # type: ignore[attr-defined]
+    task = asyncio.create_task(runner.run_async())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while rows_in(sink) < rows and loop.time() < deadline and not task.done():
+        await asyncio.sleep(0.02)
+    runner.stop()
+    return await task
