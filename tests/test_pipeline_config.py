@@ -13,7 +13,11 @@ GOOD = """
 source: {file: readings.csv}
 steps:
   - filter: "temperature > -40"
-  - window: {type: sliding, size: 1m, slide: 10s, aggregate: {temperature: [count, p50, {name: spread, expr: "max(temperature) - min(temperature)"}]}}
+  - window:
+      type: sliding
+      size: 1m
+      slide: 10s
+      aggregate: {temperature: [count, p50, {name: spread, expr: "max(temperature) - min(temperature)"}]}
 sink: {file: out.parquet}
 dead_letter: {file: dead.jsonl}
 late: {file: late.jsonl}

@@ -23,6 +23,8 @@ Peers (from ../shared/bench/peers): the pure-Python dict loop, polars whole-batc
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -181,7 +183,7 @@ def run_peer(impl: str, workload: str, peers: Path) -> dict[str, Any]:
         results: list[Any] = []
         late: list[Any] = []
         flow = b_bytewax.build_flow(rows, results, late, 1000, True)
-        from bytewax.testing import run_main  # type: ignore[import-not-found]
+        run_main: Any = importlib.import_module("bytewax.testing").run_main
 
         common.prepare_timing()
         t0 = time.perf_counter()
@@ -289,12 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.child_memory:
         child_memory(a.child_memory)
         return
-    try:
-        import bytewax  # type: ignore[import-not-found]  # noqa: F401
-
-        impls = IMPLS
-    except ImportError:
-        impls = [i for i in IMPLS if i != "bytewax"]
+    impls = IMPLS if importlib.util.find_spec("bytewax") else [i for i in IMPLS if i != "bytewax"]
     if a.only:
         impls = [i for i in impls if i in a.only]
     report: dict[str, Any] = {"readings": N, "workloads": {}}

@@ -1,0 +1,271 @@
+"""The ASGI app (Starlette) and :func:`serve`, which runs it with uvicorn in the runner's event loop.
+
+Endpoints (all but ``/healthz`` need a bearer token; ``open_metrics`` opens ``/metrics``):
+
+=========================  ========  ===================================================================
+``POST /api/v1/ingest``    ingest    JSON array or NDJSON of readings (:mod:`tidegauge.server.ingest`)
+``GET /api/v1/ingest/ws``  ingest    WebSocket ingest, one acknowledgement per message
+``GET /api/v1/...``        read      sensors, series, windows, anomalies, dead letters
+                                     (:mod:`tidegauge.server.query`)
+``GET /metrics``           read      Prometheus text format (:mod:`tidegauge.server.metrics`)
+``GET /healthz``           (none)    the process is alive
+``GET /readyz``            any       sources reading, checkpoints fresh, not overloaded; reasons in the body
+``GET /openapi.json``      any       the OpenAPI 3.1 description of this API
+=========================  ========  ===================================================================
+
+Error answers are JSON ``{"error": "..."}``; no answer or log line ever contains a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tidegauge._time import parse_duration
+from tidegauge.connectors.http import FieldType, HttpIngestSource
+from tidegauge.server.auth import Authenticator, Principal, RateLimiter
+from tidegauge.server.config import ServerConfig, resolve_tokens
+from tidegauge.server.ingest import error, ingest_http, ingest_ws, json_response
+from tidegauge.server.metrics import FlowCollector, LatencyTracker, ServerMetrics
+from tidegauge.server.openapi import openapi_schema
+from tidegauge.server.validation import RecordValidator
+
+__all__ = ["ServerState", "build_app", "serve"]
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("tidegauge.server.access")
+
+
+@dataclass
+class ServerState:
+    """What the handlers share: config, runner, the HTTP source, auth, limits and metrics."""
+
+    config: ServerConfig
+    runner: Any
+    sources: dict[str, HttpIngestSource]
+    source: HttpIngestSource | None
+    validator: RecordValidator
+    auth: Authenticator
+    limiter: RateLimiter
+    registry: CollectorRegistry
+    metrics: ServerMetrics
+    body_limit: int
+    started: float
+
+    def authorize(self, header: str | None, scope: str | None) -> Principal | Response:
+        """The caller, or the 401/403 answer (``scope=None``: any valid token)."""
+        principal = self.auth.authenticate(header)
+        if principal is None:
+            return error(401, "a valid bearer token is needed (Authorization: Bearer <token>)")
+        if scope is not None and scope not in principal.scopes and "admin" not in principal.scopes:
+            return error(403, f"token {principal.name!r} lacks the {scope!r} scope")
+        return principal
+
+
+def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None) -> Starlette:
+    """The ASGI app serving ``runner``'s flow (a :class:`~tidegauge.dataflow.Runner`, built or running).
+
+    ``environ`` gives the clear tokens of tokens configured by ``env`` (the server config layer passes
+    ``os.environ``; library code passes what it wants).
+    """
+    sources = {nid: n.definition for nid, n in runner.flow.nodes.items()
+               if n.kind == "source" and isinstance(n.definition, HttpIngestSource)}
+    source = next(iter(sources.values()), None)
+    schema: dict[str, FieldType] = (
+        source.schema if source is not None else {"sensor_id": "str", "timestamp": "timestamp"}
+    )
+    registry = CollectorRegistry(auto_describe=True)
+    state = ServerState(
+        config=config,
+        runner=runner,
+        sources=sources,
+        source=source,
+        validator=RecordValidator(schema, key=source.key if source else "sensor_id",
+                                  time=source.time if source else "timestamp"),
+        auth=Authenticator(resolve_tokens(config, environ or {})),
+        limiter=RateLimiter(config.rate_limit, time.monotonic),
+        registry=registry,
+        metrics=ServerMetrics(registry),
+        body_limit=config.body_limit,
+        started=time.time(),
+    )
+    registry.register(FlowCollector(runner, sources))
+    from tidegauge.server.query import query_routes
+
+    routes: list[BaseRoute] = [
+        Route("/api/v1/ingest", ingest_http, methods=["POST"]),
+        WebSocketRoute("/api/v1/ingest/ws", ingest_ws),
+        Route("/metrics", metrics_endpoint),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/openapi.json", openapi),
+        *query_routes(),
+    ]
+    app = Starlette(routes=routes)
+    app.state.tg = state
+    app.add_middleware(_ObserveMiddleware, state=state)
+    return app
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    state: ServerState = request.app.state.tg
+    if not state.config.open_metrics:
+        who = state.authorize(request.headers.get("authorization"), "read")
+        if isinstance(who, Response):
+            return who
+    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "alive"})
+
+
+async def readyz(request: Request) -> Response:
+    state: ServerState = request.app.state.tg
+    who = state.authorize(request.headers.get("authorization"), None)
+    if isinstance(who, Response):
+        return who
+    reasons = not_ready_reasons(state)
+    return json_response({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
+
+
+def not_ready_reasons(state: ServerState) -> list[str]:
+    """Why the server should not get traffic (empty: ready)."""
+    reasons: list[str] = []
+    for sid, src in state.sources.items():
+        if src.logic is None or src.logic.closed:
+            reasons.append(f"source {sid}: the flow is not reading it")
+        elif src.saturated():
+            reasons.append(f"source {sid}: overloaded, {src.lag_bytes()} bytes behind (limit {src.max_lag_bytes})")
+    cp = getattr(state.runner, "checkpoint_config", None)
+    if cp is not None:
+        max_age = max(parse_duration(state.config.checkpoint_max_age) / 1e6, 2 * cp.interval_us() / 1e6)
+        last = state.runner.metrics.last_checkpoint_at_us
+        age = time.time() - (state.started if last is None else last / 1e6)
+        if age > max_age:
+            reasons.append(f"checkpoints: the last one is {age:.0f}s old (limit {max_age:.0f}s)")
+    return reasons
+
+
+async def openapi(request: Request) -> Response:
+    state: ServerState = request.app.state.tg
+    who = state.authorize(request.headers.get("authorization"), None)
+    if isinstance(who, Response):
+        return who
+    return json_response(openapi_schema(state.validator.record))
+
+
+_ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/sensors", "/api/v1/windows", "/api/v1/anomalies",
+           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json")
+
+
+class _ObserveMiddleware:
+    """Counts and times every HTTP request by route and status; logs one JSON line each if asked."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        route = next((r for r in _ROUTES if path.startswith(r)), "other")
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - t0
+            m = self.state.metrics
+            m.requests.labels(route, str(status)).inc()
+            m.request_seconds.labels(route).observe(elapsed)
+            if self.state.config.access_log:
+                # the path only: never the query string (a WebSocket access_token could be in it)
+                access_logger.info(json.dumps({"method": scope.get("method"), "path": path, "status": status,
+                                               "seconds": round(elapsed, 6),
+                                               "client": (scope.get("client") or ("", 0))[0]}))
+
+
+async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
+                started: asyncio.Event | None = None, handle_signals: bool = True) -> Any:
+    """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
+
+    Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
+    when ``handle_signals``, and only from the main thread) the server stops accepting requests, then the
+    runner finishes its batch, checkpoints and stops, and :func:`serve` returns normally; records
+    acknowledged but not yet processed stay in the intake log and are replayed on the next start.
+    """
+    try:
+        import uvicorn
+    except ImportError as exc:
+        from tidegauge.errors import MissingDependencyError
+
+        raise MissingDependencyError("uvicorn", "server") from exc
+    app = build_app(runner, config, environ=environ)
+    state: ServerState = app.state.tg
+    tls: dict[str, Any] = {}
+    if config.tls is not None:
+        tls = {"ssl_certfile": config.tls.cert, "ssl_keyfile": config.tls.key}
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises a caught signal after shutting down, which would cut the flow's final
+            # checkpoint short; serve() handles the signals itself instead
+            yield
+
+    uv = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                       access_log=False, lifespan="off", ws_max_size=state.body_limit, **tls))
+    flow_task = asyncio.create_task(runner.run_async())
+    server_task = asyncio.create_task(uv.serve())
+    tracker = asyncio.create_task(LatencyTracker(runner, state.sources, state.metrics.e2e).run())
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals and threading.current_thread() is \
+        threading.main_thread() else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, setattr, uv, "should_exit", True)
+    if started is not None:
+        loop.call_soon(_notify_started, uv, started)
+    try:
+        await asyncio.wait({flow_task, server_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # stop taking requests first, then let the flow finish its batch and checkpoint
+        uv.should_exit = True
+        with contextlib.suppress(Exception):
+            await server_task
+        runner.stop()
+        tracker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tracker
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return await flow_task
+
+
+def _notify_started(uv: Any, started: asyncio.Event) -> None:
+    if uv.started:
+        started.set()
+    else:
+        asyncio.get_running_loop().call_later(0.01, _notify_started, uv, started)

@@ -1,0 +1,89 @@
+"""Bearer tokens with scopes, checked in constant time, and a token-bucket rate limit per token.
+
+Only digests of tokens are kept (:class:`~tidegauge.server.config.ResolvedToken`); a presented token is
+hashed and compared with :func:`hmac.compare_digest` against *every* configured digest, so the time taken
+does not tell which token (or how much of one) matched. Neither clear tokens nor digests are ever logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tidegauge.server.config import RateLimitConfig, ResolvedToken
+
+__all__ = ["Authenticator", "Principal", "RateLimiter"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's name, scopes and (for device tokens) the sensors it may write."""
+
+    name: str
+    scopes: frozenset[str]
+    sensors: frozenset[str] | None = None
+
+    def may_write(self, sensor_id: str) -> bool:
+        return self.sensors is None or sensor_id in self.sensors
+
+
+ANONYMOUS = Principal("anonymous", frozenset())
+
+
+class Authenticator:
+    """Resolves an ``Authorization: Bearer <token>`` header to a :class:`Principal` (or ``None``)."""
+
+    def __init__(self, tokens: Sequence[ResolvedToken]) -> None:
+        self._tokens = list(tokens)
+
+    def authenticate(self, header: str | None) -> Principal | None:
+        if not header or not self._tokens:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogatepass")).digest()
+        found: ResolvedToken | None = None
+        for t in self._tokens:  # no early exit: constant time in the position of the match
+            if hmac.compare_digest(digest, t.digest):
+                found = t
+        if found is None:
+            return None
+        return Principal(found.name, found.scopes, found.sensors)
+
+
+class RateLimiter:
+    """A token bucket per principal name: ``requests_per_s`` sustained, ``burst`` at once.
+
+    Parameters
+    ----------
+    config:
+        The rate and burst.
+    clock:
+        Seconds, monotonic (injectable for tests).
+    """
+
+    def __init__(self, config: RateLimitConfig, clock: Callable[[], float]) -> None:
+        if config.requests_per_s <= 0 or config.burst < 1:
+            raise ValueError(f"rate limit {config}: requests_per_s must be > 0 and burst >= 1")
+        self.rate = config.requests_per_s
+        self.burst = float(config.burst)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, last time)
+
+    def take(self, name: str) -> float:
+        """Take one request's token; returns 0 if allowed, else the seconds to wait (for Retry-After)."""
+        now = self.clock()
+        tokens, last = self._buckets.get(name, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[name] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[name] = (tokens, now)
+        return max(1.0, math.ceil((1.0 - tokens) / self.rate))

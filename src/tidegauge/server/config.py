@@ -1,0 +1,175 @@
+"""Server configuration: the ``server:`` section of a pipeline file, as frozen msgspec structs.
+
+.. code-block:: yaml
+
+    server:
+      host: 127.0.0.1
+      port: 8080
+      tokens:
+        - {name: gateway, hash: "sha256:9f86d0...", scopes: [ingest]}
+        - {name: device-7, env: TG_TOKEN_DEVICE7, scopes: [ingest], sensors: [S00007]}
+        - {name: ops, env: TG_TOKEN_OPS, scopes: [read, admin]}
+      tls: {cert: server.pem, key: server.key}
+      open_metrics: false
+      max_body_bytes: 8MiB
+      rate_limit: {requests_per_s: 200, burst: 400}
+      history: {readings: out/readings.parquet, windows: out/windows.parquet}
+
+Tokens are never stored in clear: a token is given as ``hash`` (``sha256:<hex>``, from
+``tidegauge serve --hash-token``) or as the name of an environment variable holding the clear token,
+which :func:`resolve_tokens` (the server's config layer, the one place that reads the environment)
+hashes at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from tidegauge.errors import ConfigError
+
+__all__ = [
+    "SCOPES",
+    "HistoryConfig",
+    "RateLimitConfig",
+    "ResolvedToken",
+    "Scope",
+    "ServerConfig",
+    "TlsConfig",
+    "TokenConfig",
+    "hash_token",
+    "parse_size",
+    "resolve_tokens",
+]
+
+Scope = Literal["ingest", "read", "admin"]
+SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
+_Strict = {"forbid_unknown_fields": True, "frozen": True}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+
+
+class TokenConfig(msgspec.Struct, **_Strict):
+    """One bearer token: ``hash`` (``sha256:<hex>``) or ``env`` (a variable holding the clear token)."""
+
+    name: str
+    scopes: list[Scope]
+    hash: str | None = None
+    env: str | None = None
+    sensors: list[str] | None = None
+    """if set, the token may only write readings of these sensor ids"""
+
+
+class TlsConfig(msgspec.Struct, **_Strict):
+    cert: str
+    key: str
+
+
+class RateLimitConfig(msgspec.Struct, **_Strict):
+    """Token bucket per bearer token: ``requests_per_s`` sustained, ``burst`` at once."""
+
+    requests_per_s: float = 1000.0
+    burst: int = 2000
+
+
+class HistoryConfig(msgspec.Struct, **_Strict):
+    """Where the query endpoints read history: FileSink outputs (Parquet paths as given to the sinks)."""
+
+    readings: str | None = None
+    windows: str | None = None
+    anomalies: str | None = None
+    dead_letters: str | None = None
+
+
+class ServerConfig(msgspec.Struct, **_Strict):
+    """The ``server:`` section of a pipeline file (see the module docstring)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tokens: list[TokenConfig] = []
+    tls: TlsConfig | None = None
+    open_metrics: bool = False
+    max_body_bytes: int | str = "8MiB"
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    history: HistoryConfig = HistoryConfig()
+    intake_dir: str = "intake"
+    durability: Literal["fsync", "os"] = "fsync"
+    checkpoint_max_age: str = "60s"
+    """/readyz fails when the last checkpoint is older than this (and checkpoints are configured)"""
+    retry_after_s: int = 1
+    access_log: bool = False
+    """one structured JSON log line per request (method, path, status, duration, token name; no secrets)"""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"server.port={self.port}: use 0..65535 (0: any free port)")
+        if self.retry_after_s < 1:
+            raise ConfigError(f"server.retry_after_s={self.retry_after_s}: use at least 1")
+        parse_size(self.max_body_bytes, name="server.max_body_bytes")
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ConfigError("server.tokens: two tokens have the same name; names must be unique")
+        for t in self.tokens:
+            if (t.hash is None) == (t.env is None):
+                raise ConfigError(f"server.tokens[{t.name}]: give exactly one of 'hash: sha256:<hex>' or 'env: VAR'")
+            if t.hash is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", t.hash):
+                raise ConfigError(f"server.tokens[{t.name}].hash: expected 'sha256:' and 64 hex digits "
+                                  "(make one with `tidegauge serve --hash-token`)")
+            if not t.scopes:
+                raise ConfigError(f"server.tokens[{t.name}].scopes: give at least one of {', '.join(SCOPES)}")
+
+    @property
+    def body_limit(self) -> int:
+        return parse_size(self.max_body_bytes, name="server.max_body_bytes")
+
+
+def parse_size(value: int | str, *, name: str = "size") -> int:
+    """Bytes from ``1048576``, ``"512KiB"``, ``"8MiB"``, ``"1GB"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        m = _SIZE.match(str(value))
+        if m is None:
+            raise ConfigError(f"{name}={value!r}: use a number of bytes or e.g. '512KiB', '8MiB'")
+        n = int(m.group(1)) * _UNITS[m.group(2)]
+    if n < 1:
+        raise ConfigError(f"{name}={value!r}: must be at least 1 byte")
+    return n
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a clear token: ``sha256:<hex>``.
+
+    >>> hash_token("s3cret")[:15]
+    'sha256:1ec1c26b'
+    """
+    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class ResolvedToken(msgspec.Struct, frozen=True):
+    """A token ready for checking: its name, digest (never the clear token), scopes and sensors."""
+
+    name: str
+    digest: bytes
+    scopes: frozenset[str]
+    sensors: frozenset[str] | None
+
+
+def resolve_tokens(config: ServerConfig, environ: Mapping[str, str]) -> list[ResolvedToken]:
+    """Hash every token of ``config``; ``environ`` gives the clear tokens named by ``env``."""
+    out = []
+    for t in config.tokens:
+        if t.env is not None:
+            clear = environ.get(t.env)
+            if not clear:
+                raise ConfigError(f"server.tokens[{t.name}]: environment variable {t.env} is not set or empty")
+            digest = hash_token(clear)
+        else:
+            digest = t.hash or ""
+        out.append(ResolvedToken(t.name, bytes.fromhex(digest.split(":", 1)[1]), frozenset(t.scopes),
+                                 None if t.sensors is None else frozenset(t.sensors)))
+    return out

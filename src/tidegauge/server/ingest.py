@@ -1,0 +1,166 @@
+"""Ingest endpoints: ``POST /api/v1/ingest`` (JSON array or NDJSON) and ``GET /api/v1/ingest/ws``.
+
+Order of checks for a request, cheapest first: token (401/403), rate limit per token (429 +
+``Retry-After``), declared size (413), pipeline saturated (503 + ``Retry-After``), body read with the size
+limit (413), then every record validated. Accepted records *and* rejected ones (with reason and payload)
+are appended to the intake log; the answer is sent only once that append is durable, so an accepted record
+is never lost after the 2xx (see :mod:`tidegauge.connectors.http`), and each reject reaches the flow's
+dead-letter output (the dead-letter count equals the count of rejects).
+
+Answer: ``{"accepted": n, "rejected": [{"index": i, "reason": "..."}]}``; status 200, or 400 when the
+body held records and every one was rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tidegauge.dataflow.metrics import reason_class
+from tidegauge.server.validation import ValidationResult
+
+if TYPE_CHECKING:
+    from tidegauge.server.app import ServerState
+
+__all__ = ["ingest_http", "ingest_ws"]
+
+logger = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(body), status, headers, media_type="application/json")
+
+
+def error(status: int, message: str, *, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="tidegauge"'}
+    return json_response({"error": message}, status, headers)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def ingest_http(request: Request) -> Response:
+    state: ServerState = request.app.state.tg
+    principal = state.authorize(request.headers.get("authorization"), "ingest")
+    if isinstance(principal, Response):
+        return principal
+    if state.source is None:
+        return error(404, "this pipeline has no http source; add 'source: {http: {...}}' to ingest over HTTP")
+    wait = state.limiter.take(principal.name)
+    if wait:
+        state.metrics.refused.labels("rate_limited").inc()
+        return error(429, f"rate limit of token {principal.name!r} exceeded", retry_after=int(wait))
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > state.body_limit:
+        state.metrics.refused.labels("too_large").inc()
+        return error(413, f"body of {declared} bytes is over the limit of {state.body_limit} bytes")
+    if state.source.saturated():
+        state.metrics.refused.labels("overloaded").inc()
+        return error(503, "the pipeline is behind; retry later", retry_after=state.config.retry_after_s)
+    try:
+        body = await _read_body(request, state.body_limit)
+    except _TooLarge:
+        state.metrics.refused.labels("too_large").inc()
+        return error(413, f"body is over the limit of {state.body_limit} bytes")
+    except ClientDisconnect:
+        return error(400, "client disconnected before sending the whole body")
+    result = state.validator.validate(body, request.headers.get("content-type"), sensors=principal.sensors)
+    try:
+        await _append(state, result)
+    except OSError as exc:
+        logger.error("intake log append failed: %s", exc)
+        return error(503, "the intake log cannot be written; retry later", retry_after=state.config.retry_after_s)
+    status = 400 if result.rejects and not result.accepted else 200
+    return json_response(_answer(result), status)
+
+
+async def _append(state: ServerState, result: ValidationResult) -> None:
+    if state.source is None:
+        raise OSError("no http source")
+    t0 = time.perf_counter()
+    await state.source.open_log().append(result.ndjson, result.accepted,
+                                         [(r.reason, r.payload) for r in result.rejects])
+    state.metrics.log_append.observe(time.perf_counter() - t0)
+    if result.accepted:
+        state.metrics.ingested.labels("accepted").inc(result.accepted)
+    if result.rejects:
+        state.metrics.ingested.labels("rejected").inc(len(result.rejects))
+        for r in result.rejects:
+            state.metrics.rejected.labels(reason_class(r.reason)).inc()
+
+
+def _answer(result: ValidationResult) -> dict[str, Any]:
+    return {"accepted": result.accepted,
+            "rejected": [{"index": r.index, "reason": r.reason} for r in result.rejects]}
+
+
+async def ingest_ws(ws: WebSocket) -> None:
+    """WebSocket ingest: each message (text or binary) is a JSON array/object or NDJSON of readings.
+
+    Each message is answered with ``{"seq": n, "accepted": ..., "rejected": [...]}`` once durable, or
+    ``{"seq": n, "error": "...", "retry_after": s}`` when refused (nothing of it was kept: send it again).
+    The token comes in the ``Authorization`` header or, for browsers, the ``access_token`` query parameter.
+    """
+    state: ServerState = ws.app.state.tg
+    header = ws.headers.get("authorization")
+    if header is None and "access_token" in ws.query_params:
+        header = "Bearer " + ws.query_params["access_token"]
+    principal = state.authorize(header, "ingest")
+    if isinstance(principal, Response) or state.source is None:
+        await ws.close(code=1008, reason="a token with the 'ingest' scope is needed"
+                       if state.source is not None else "this pipeline has no http source")
+        return
+    await ws.accept()
+    seq = 0
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes") or (message.get("text") or "").encode("utf-8", "surrogatepass")
+            refusal = _refusal(state, principal.name, len(data))
+            if refusal is not None:
+                await ws.send_bytes(_encode({"seq": seq, **refusal}))
+            else:
+                result = state.validator.validate(data, None, sensors=principal.sensors)
+                await _append(state, result)
+                await ws.send_bytes(_encode({"seq": seq, **_answer(result)}))
+            seq += 1
+    except WebSocketDisconnect:
+        return
+
+
+def _refusal(state: ServerState, name: str, size: int) -> dict[str, Any] | None:
+    wait = state.limiter.take(name)
+    if wait:
+        state.metrics.refused.labels("rate_limited").inc()
+        return {"error": "rate limited", "retry_after": int(wait)}
+    if size > state.body_limit:
+        state.metrics.refused.labels("too_large").inc()
+        return {"error": f"message over the limit of {state.body_limit} bytes"}
+    if state.source is None or state.source.saturated():
+        state.metrics.refused.labels("overloaded").inc()
+        return {"error": "the pipeline is behind; retry later", "retry_after": state.config.retry_after_s}
+    return None

@@ -1,0 +1,70 @@
+"""A pipeline file with a server section (as ``tidegauge serve`` runs it) and the query endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from tests.server.helpers import TOKENS
+from tidegauge.cli.serve import build_served_pipeline
+from tidegauge.server import build_app, hash_token
+
+PIPELINE = f"""
+name: served
+source: {{http: {{log_dir: intake, durability: os}}}}
+steps:
+  - filter: "temperature > -100"
+sink: {{file: out/readings.parquet}}
+dead_letter: {{file: out/dead.parquet}}
+checkpoint: {{dir: cp, interval: 100ms}}
+server:
+  tokens:
+    - {{name: gw, hash: "{hash_token(TOKENS['ingest'])}", scopes: [ingest]}}
+    - {{name: ops, env: TG_OPS, scopes: [read]}}
+  history: {{readings: out/readings.parquet, dead_letters: out/dead.parquet}}
+"""
+
+
+def test_served_pipeline_ingest_then_query(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE)
+    runner, config = build_served_pipeline(path)
+    app = build_app(runner, config, environ={"TG_OPS": TOKENS["read"]})
+    lines = [f'{{"sensor_id":"S{i % 3}","timestamp":{1767225600 + i},"temperature":{i}}}' for i in range(30)]
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run_async())
+        while runner.flow.nodes["http"].definition.logic is None:  # 503 until the flow reads the source
+            await asyncio.sleep(0.005)
+        read = {"authorization": f"Bearer {TOKENS['read']}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tg") as c:
+            r = await c.post("/api/v1/ingest", content="\n".join([*lines, "{bad"]).encode(),
+                             headers={"authorization": f"Bearer {TOKENS['ingest']}"})
+            assert r.json().get("accepted") == 30, r.text
+            for _ in range(500):  # until a checkpoint committed the parts the queries read
+                resp = (await c.get("/api/v1/sensors", headers=read)).json()
+                assert "rows" in resp, resp
+                got = resp["rows"]
+                if len(got) == 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert sorted((row["sensor_id"], row["temperature"]) for row in got) == [
+                ("S0", 27.0), ("S1", 28.0), ("S2", 29.0)]
+            series = (await c.get("/api/v1/sensors/S1/series", headers=read,
+                                  params={"window": "15s", "agg": "count", "field": "temperature"})).json()
+            assert [row["n"] for row in series["rows"]] == [5, 5]
+            bad = await c.get("/api/v1/sensors/S1/series", headers=read, params={"start": "yesterday"})
+            assert bad.status_code == 400 and "ISO 8601" in bad.json()["error"]
+            for _ in range(500):
+                dead = (await c.get("/api/v1/dead-letters", headers=read)).json()["rows"]
+                if dead:
+                    break
+                await asyncio.sleep(0.02)
+            assert dead[0]["payload"] == "{bad"
+            assert (await c.get("/api/v1/sensors")).status_code == 401
+        runner.stop()
+        await task
+
+    asyncio.run(main())
