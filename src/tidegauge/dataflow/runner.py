@@ -175,8 +175,10 @@ class Runner:
                         t0 = time.perf_counter()
                         await self._on_batch(sid, df, now)
                         self._positions[sid] = position
+                        spent = time.perf_counter() - t0
                         self.metrics.batches += 1
-                        self.metrics.batch_seconds_total += time.perf_counter() - t0
+                        self.metrics.batch_seconds_total += spent
+                        self.metrics.batch_seconds.observe(spent)
                         batches_since_cp += 1
                 for clock in self._clocks.values():
                     clock.on_idle(now)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tidegauge.connectors.http import HttpIngestSource
@@ -74,9 +74,10 @@ class FlowCollector(Collector):
                         "reason", m.dead_letters)
         yield _labelled(CounterMetricFamily, "tidegauge_late_records", "Records too late for their window",
                         "step", m.late)
-        batch = SummaryMetricFamily("tidegauge_batch_processing_seconds",
-                                    "Time to push one source batch through the graph")
-        batch.add_metric([], m.batches, m.batch_seconds_total)
+        batch = HistogramMetricFamily("tidegauge_batch_processing_seconds",
+                                      "Time to push one source batch through the graph")
+        h = m.batch_seconds
+        batch.add_metric([], [(_le(b), n) for b, n in h.cumulative()], h.total)
         yield batch
         lag = GaugeMetricFamily("tidegauge_watermark_lag_seconds",
                                 "Processing time minus the flow's watermark (NaN before the first record)")
@@ -113,6 +114,10 @@ def _labelled(kind: Any, name: str, doc: str, label: str, values: Mapping[str, i
     for k, v in sorted(values.items()):
         family.add_metric([str(k)], v)  # type: ignore[attr-defined]
     return family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 def _gauge(name: str, doc: str, value: float, kind: Any = GaugeMetricFamily) -> Metric:
