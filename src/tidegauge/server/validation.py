@@ -22,7 +22,7 @@ import msgspec
 
 from tidegauge.connectors.http import FieldType
 
-__all__ = ["Reject", "RecordValidator", "ValidationResult"]
+__all__ = ["RecordValidator", "Reject", "ValidationResult"]
 
 logger = logging.getLogger(__name__)
 
