@@ -192,3 +192,22 @@ def test_slow_sink_bounds_what_the_source_has_handed_out() -> None:
     flow.source(CountingSource(big, batch_rows=5)).sink(SlowSink())
     flow.runner(queue_batches=2).run()
     assert len(written) == 40
+
+
+def test_a_failing_source_stops_the_flow_with_its_error() -> None:
+    from tidegauge.errors import ConnectorError
+
+    class Broken(MemorySource):
+        def build(self, resume_state: Any) -> Any:
+            logic = super().build(resume_state)
+
+            async def next_batch(max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
+                raise OSError("connection refused")
+
+            logic.next_batch = next_batch  # type: ignore[method-assign]
+            return logic
+
+    flow = Flow()
+    flow.source(Broken(DATA)).sink(MemorySink())
+    with pytest.raises(ConnectorError, match="source 'source_0' failed: OSError: connection refused"):
+        flow.run()

@@ -37,7 +37,7 @@ from tidegauge.dataflow.ingest import ingest_batch
 from tidegauge.dataflow.keys import KeyDictionary, KeyDictionarySnapshot
 from tidegauge.dataflow.metrics import FlowMetrics, reason_class
 from tidegauge.dataflow.watermark import SourceClock, SourceClockSnapshot
-from tidegauge.errors import CheckpointError
+from tidegauge.errors import CheckpointError, ConnectorError
 
 __all__ = ["CheckpointConfig", "RunResult", "Runner"]
 
@@ -150,7 +150,7 @@ class Runner:
     async def run_async(self) -> RunResult:
         started = time.perf_counter()
         self._build()
-        queue: asyncio.Queue[tuple[str, pl.DataFrame | None, Any]] = asyncio.Queue(
+        queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue(
             maxsize=self.queue_batches * max(1, len(self._sources))
         )
         live = {sid for sid in self._sources if not self._clocks[sid].finished}
@@ -166,6 +166,8 @@ class Runner:
                     sid, df, position = "", None, None
                 now = self.clock.now_us()
                 self.metrics.queue_depth = queue.qsize()
+                if isinstance(df, Exception):
+                    raise ConnectorError(f"source {sid!r} failed: {type(df).__name__}: {df}") from df
                 if sid:
                     if df is None:
                         self._clocks[sid].finished = True
@@ -232,14 +234,19 @@ class Runner:
             candidates.append(self.checkpoint_config.interval_us() / 4e6)
         return max(0.001, min(candidates))
 
-    async def _read(self, sid: str, logic: Any, queue: asyncio.Queue[tuple[str, pl.DataFrame | None, Any]]) -> None:
-        while True:
-            df = await logic.next_batch(self.max_batch, self.max_delay_s)
-            if df is not None and not df.height:
-                continue
-            await queue.put((sid, df, logic.snapshot()))
-            if df is None:
-                return
+    async def _read(self, sid: str, logic: Any, queue: asyncio.Queue[tuple[str, Any, Any]]) -> None:
+        try:
+            while True:
+                df = await logic.next_batch(self.max_batch, self.max_delay_s)
+                if df is not None and not df.height:
+                    continue
+                await queue.put((sid, df, logic.snapshot()))
+                if df is None:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # hand the failure to the main loop, which stops the flow with it
+            await queue.put((sid, exc, None))
 
     # -- building and restoring ------------------------------------------------------------------
     def _build(self) -> None:
