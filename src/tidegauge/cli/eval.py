@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import polars as pl
 import typer
@@ -21,10 +21,11 @@ from tidegauge.evaluate import (
     load_nab_windows,
     run_nab,
     run_skab,
-    score_simulation,
 )
 from tidegauge.evaluate.baseline import SKAB_BASELINE
-from tidegauge.evaluate.runner import DetectorSpec
+from tidegauge.evaluate.runner import DetectorFactory, DetectorSpec
+from tidegauge.evaluate.sim_runner import generate_simulation, run_simulation
+from tidegauge.simulate import FleetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ ConfigOpt = Annotated[
 ]
 JsonOpt = Annotated[
     bool,
-    typer.Option(
-        "--json", envvar="TIDEGAUGE_EVAL_JSON", show_envvar=True, help="Print JSON instead of a table."
-    ),
+    typer.Option("--json", envvar="TIDEGAUGE_EVAL_JSON", show_envvar=True, help="Print JSON instead of a table."),
 ]
 ScoresOutOpt = Annotated[
     Path | None,
@@ -61,39 +60,31 @@ ScoresOutOpt = Annotated[
 ]
 
 
-def _detector(
-    name: str | None, config: Path | None, *, train_rows: int = 400, baseline: DetectorSpec | None = None
-) -> DetectorSpec:
-    """Resolve --detector/--config; the default is the demo's default detector, else the baseline."""
+def _factory(
+    name: str | None, config: Path | None, *, baseline: DetectorSpec, default: Literal["default", "baseline"]
+) -> tuple[str, DetectorFactory]:
+    """Resolve --detector/--config to a label and a factory building the detector for given value fields.
+
+    A registry name (``zscore``, ``hst``, ...) or a config file is built with each input's value columns
+    as ``fields``; ``mahalanobis_baseline`` is the evaluation baseline; with neither, ``default`` picks
+    the demo's default detector or the baseline.
+    """
     if name is not None and config is not None:
         raise ConfigError("give --detector or --config, not both")
-    fallback = baseline or MahalanobisBaselineDetector(train_rows=train_rows)
-    if name == _BASELINE:
-        return fallback
-    try:
-        from tidegauge import detectors
-    except ImportError:  # pragma: no cover - the package always exists
-        detectors = None  # type: ignore[assignment]
+    from tidegauge.detectors import build_detector, default_detector
+
+    if name == _BASELINE or (name is None and config is None and default == "baseline"):
+        return _BASELINE, lambda fields: baseline
     if config is not None:
         import yaml
 
         spec = yaml.safe_load(config.read_text())
-        build = getattr(detectors, "build_detector", None)
-        if build is None:
-            raise ConfigError(
-                f"{config}: detector configs need tidegauge.detectors.build_detector, not available"
-            )
-        return build(spec)  # type: ignore[no-any-return]
+        build_detector(spec, fields=["value"])  # fail on a bad config before reading any data
+        return config.name, lambda fields: build_detector(spec, fields=fields)
     if name is not None:
-        build = getattr(detectors, "build_detector", None)
-        if build is None:
-            raise ConfigError(f"--detector {name!r}: unknown; available here: {_BASELINE}")
-        return build(name)  # type: ignore[no-any-return]
-    default = getattr(detectors, "default_detector", None)
-    if default is not None:
-        return default()  # type: ignore[no-any-return]
-    logger.warning("tidegauge.detectors.default_detector is not available; evaluating %s", _BASELINE)
-    return fallback
+        build_detector(name, fields=["value"])  # unknown names fail here, listing the valid ones
+        return name, lambda fields: build_detector(name, fields=fields)
+    return "default", lambda fields: default_detector(fields=fields)
 
 
 def _emit(payload: dict[str, Any], table: Table, as_json: bool) -> None:
@@ -142,14 +133,12 @@ def skab_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """SKAB: outlier F1/FAR/MAR pooled over the labelled files and changepoint NAB scores."""
-    det = _detector(detector, config, baseline=SKAB_BASELINE)
-    r = run_skab(
-        data or _default_skab_dir(), det, score_from=score_from, window=window, scores_out=scores_out
-    )
+    label, factory = _factory(detector, config, baseline=SKAB_BASELINE, default="baseline")
+    r = run_skab(data or _default_skab_dir(), factory, score_from=score_from, window=window, scores_out=scores_out)
     o, c = r.outlier, r.changepoint
     payload = {
         "benchmark": "skab",
-        "detector": getattr(det, "name", type(det).__name__),
+        "detector": label,
         "files": r.files,
         "rows_scored": r.rows_scored,
         "score_from": r.score_from,
@@ -203,9 +192,7 @@ def nab_cmd(
     ],
     profiles: Annotated[
         Path | None,
-        typer.Option(
-            "--profiles", envvar="TIDEGAUGE_EVAL_NAB_PROFILES", show_envvar=True, help="NAB profiles.json."
-        ),
+        typer.Option("--profiles", envvar="TIDEGAUGE_EVAL_NAB_PROFILES", show_envvar=True, help="NAB profiles.json."),
     ] = None,
     detector: DetectorOpt = None,
     config: ConfigOpt = None,
@@ -213,11 +200,13 @@ def nab_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """NAB v1.1 scoring: probation, sigmoid rewards, one optimised threshold per profile, 0..100."""
-    det = _detector(detector, config)
+    label, factory = _factory(detector, config, baseline=MahalanobisBaselineDetector(train_rows=400), default="default")
+    det = factory(["value"])
     profs = load_nab_profiles(profiles) if profiles else NAB_PROFILES
     r = run_nab(data, load_nab_windows(labels), det, profiles=profs, scores_out=scores_out)
     payload = {
         "benchmark": "nab",
+        "detector": label,
         "files": r.files,
         "rows": r.rows,
         "profiles": {
@@ -249,47 +238,92 @@ def nab_cmd(
     _emit(payload, t, as_json)
 
 
+SIM_FIELDS = ("temperature", "vibration", "power_consumption")
+"""Value fields of the simulator that the detector scores (those its anomalies affect)."""
+
+
 @eval_app.command("sim")
 def sim_cmd(
     data: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--data",
             envvar="TIDEGAUGE_EVAL_SIM_DATA",
             show_envvar=True,
-            help="Simulator output (CSV or Parquet) with truth_anomaly, truth_type.",
+            help="Simulator output (CSV or Parquet) with truth_anomaly, truth_type [default: generate it].",
         ),
-    ],
+    ] = None,
+    sensors: Annotated[
+        int,
+        typer.Option("--sensors", envvar="TIDEGAUGE_EVAL_SIM_SENSORS", show_envvar=True, help="Sensors to simulate."),
+    ] = 200,
+    rate: Annotated[
+        float,
+        typer.Option(
+            "--rate", envvar="TIDEGAUGE_EVAL_SIM_RATE", show_envvar=True, help="Readings per second, fleet-wide."
+        ),
+    ] = 2000.0,
+    duration: Annotated[
+        str,
+        typer.Option(
+            "--duration", envvar="TIDEGAUGE_EVAL_SIM_DURATION", show_envvar=True, help="Simulated event time."
+        ),
+    ] = "10m",
+    seed: Annotated[
+        int, typer.Option("--seed", envvar="TIDEGAUGE_EVAL_SIM_SEED", show_envvar=True, help="Simulator seed.")
+    ] = 0,
+    probation: Annotated[
+        int,
+        typer.Option(
+            "--probation",
+            envvar="TIDEGAUGE_EVAL_SIM_PROBATION",
+            show_envvar=True,
+            help="Each sensor's first readings not scored (events in them censored, alarms not counted).",
+        ),
+    ] = 100,
     detector: DetectorOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Simulator ground truth: precision, recall, F1 per anomaly type, and detection delay."""
-    det = _detector(detector, config, train_rows=100)
-    frame = pl.read_parquet(data) if data.suffix == ".parquet" else pl.read_csv(data, try_parse_dates=True)
-    key = "sensor_id"
-    parts = [
-        det.build(None).score_learn(g) for _, g in frame.sort("timestamp").group_by(key, maintain_order=True)
-    ]
-    res = score_simulation(pl.concat(parts, how="diagonal_relaxed"))
+    """Simulator ground truth: one detector over the whole stream, per-sensor state; metrics per anomaly type."""
+    label, factory = _factory(detector, config, baseline=MahalanobisBaselineDetector(train_rows=100), default="default")
+    det = factory(list(SIM_FIELDS))
+    if data is not None:
+        frame = pl.read_parquet(data) if data.suffix == ".parquet" else pl.read_csv(data, try_parse_dates=True)
+        source = str(data)
+    else:
+        try:
+            fleet = FleetConfig(sensors=sensors, rate=rate, seed=seed)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+        frame = generate_simulation(fleet, duration)
+        source = f"simulator: {sensors} sensors, {rate:g} readings/s, {duration}, seed {seed}"
+    r = run_simulation(frame, det, probation=probation)
     payload = {
         "benchmark": "sim",
+        "detector": label,
+        "source": source,
+        "readings": r.readings,
+        "sensors": r.sensors,
+        "probation": r.probation,
         "types": {
             k: {
                 "events": v.events,
                 "detected": v.detected,
+                "censored": v.censored,
                 "precision": v.precision,
                 "recall": v.recall,
                 "f1": v.f1,
-                "mean_delay": v.mean_delay,
+                "median_delay_readings": v.median_delay_rows,
+                "mean_delay_s": v.mean_delay,
             }
-            for k, v in res.items()
+            for k, v in r.types.items()
         },
     }
-    t = Table(title="Simulator ground truth")
-    for col in ("type", "events", "precision", "recall", "F1", "mean delay"):
-        t.add_column(col)
-    for k, v in res.items():
-        delay = "-" if v.mean_delay is None else f"{v.mean_delay:.3g}"
-        t.add_row(k, str(v.events), f"{v.precision:.3f}", f"{v.recall:.3f}", f"{v.f1:.3f}", delay)
+    t = Table(title=f"Simulator ground truth ({r.readings:,} readings, {r.sensors} sensors, {label})")
+    for col in ("type", "events", "censored", "precision", "recall", "F1", "median delay (readings)"):
+        t.add_column(col, justify="left" if col == "type" else "right")
+    for k, v in r.types.items():
+        delay = "-" if v.median_delay_rows is None else f"{v.median_delay_rows:g}"
+        t.add_row(k, str(v.events), str(v.censored), f"{v.precision:.3f}", f"{v.recall:.3f}", f"{v.f1:.3f}", delay)
     _emit(payload, t, as_json)

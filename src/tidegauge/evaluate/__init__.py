@@ -2,9 +2,10 @@
 
 The scorers (:mod:`~tidegauge.evaluate.nab`, :mod:`~tidegauge.evaluate.skab`,
 :mod:`~tidegauge.evaluate.sim`) are pure functions over arrays and frames and know nothing of detectors.
-The runners (:func:`run_skab`, :func:`run_nab`) stream each labelled file through a detector definition
+The runners (:func:`run_skab`, :func:`run_nab`, :func:`run_simulation`) stream each labelled file
+through a detector definition
 (``build(None) -> logic``, ``logic.score_learn(batch)``), one key per file, rows in time order, and
-hand the outputs to the scorers.
+hand the outputs to the scorers; simulator streams run through one detector with per-sensor state.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from tidegauge.evaluate.baseline import MahalanobisBaselineDetector
 from tidegauge.evaluate.nab import NAB_PROFILES, CostProfile, NabFile, NabProfileResult, score_corpus
 from tidegauge.evaluate.runner import (
+    DetectorFactory,
     DetectorSpec,
     NabReport,
     SkabReport,
@@ -21,26 +23,32 @@ from tidegauge.evaluate.runner import (
     run_skab,
 )
 from tidegauge.evaluate.sim import TypeMetrics, score_simulation
+from tidegauge.evaluate.sim_runner import SimReport, generate_simulation, run_simulation, stream_simulation
 from tidegauge.evaluate.skab import BinaryMetrics, SkabNabResult, binary_metrics, skab_nab
 
 __all__ = [
     "NAB_PROFILES",
     "BinaryMetrics",
     "CostProfile",
+    "DetectorFactory",
     "DetectorSpec",
     "MahalanobisBaselineDetector",
     "NabFile",
     "NabProfileResult",
     "NabReport",
+    "SimReport",
     "SkabNabResult",
     "SkabReport",
     "TypeMetrics",
     "binary_metrics",
+    "generate_simulation",
     "load_nab_profiles",
     "load_nab_windows",
     "run_nab",
+    "run_simulation",
     "run_skab",
     "score_corpus",
     "score_simulation",
     "skab_nab",
+    "stream_simulation",
 ]

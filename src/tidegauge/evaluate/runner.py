@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
@@ -36,6 +36,7 @@ from tidegauge.evaluate.skab import (
 )
 
 __all__ = [
+    "DetectorFactory",
     "DetectorLogic",
     "DetectorSpec",
     "NabReport",
@@ -59,10 +60,22 @@ class DetectorLogic(Protocol):
     def score_learn(self, batch: pl.DataFrame, /) -> pl.DataFrame: ...
 
 
+@runtime_checkable
 class DetectorSpec(Protocol):
     """An immutable detector definition (``build(resume_state) -> logic``)."""
 
     def build(self, resume_state: Any, /) -> DetectorLogic: ...
+
+
+DetectorFactory = Callable[[Sequence[str]], DetectorSpec]
+"""Builds a detector definition for a file's value columns (``fields``), e.g. ``build_detector`` by name."""
+
+
+def _for_fields(detector: DetectorSpec | DetectorFactory, fields: Sequence[str]) -> DetectorSpec:
+    """``detector`` itself, or the definition a factory builds for ``fields``."""
+    if isinstance(detector, DetectorSpec):
+        return detector
+    return detector(list(fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +101,7 @@ class NabReport:
 def _stream(detector: DetectorSpec, frame: pl.DataFrame) -> pl.DataFrame:
     out = detector.build(None).score_learn(frame)
     if out.height != frame.height or "score" not in out.columns or "is_anomaly" not in out.columns:
-        raise ValueError(
-            "the detector must return one row per input row with `score` and `is_anomaly` columns"
-        )
+        raise ValueError("the detector must return one row per input row with `score` and `is_anomaly` columns")
     return out
 
 
@@ -98,9 +109,7 @@ def skab_files(data_dir: Path) -> list[Path]:
     """The labelled SKAB files under ``data_dir``: every ``*.csv`` except the anomaly-free one."""
     if not data_dir.is_dir():
         raise FileNotFoundError(f"SKAB data directory {data_dir} does not exist; pass --data DIR")
-    files = sorted(
-        p for p in data_dir.rglob("*.csv") if "anomaly-free" not in p.parts and "anomaly-free" not in p.name
-    )
+    files = sorted(p for p in data_dir.rglob("*.csv") if "anomaly-free" not in p.parts and "anomaly-free" not in p.name)
     if not files:
         raise FileNotFoundError(f"no SKAB csv files under {data_dir}")
     return files
@@ -117,7 +126,7 @@ def _read_skab(path: Path) -> pl.DataFrame:
 
 def run_skab(
     data_dir: Path,
-    detector: DetectorSpec,
+    detector: DetectorSpec | DetectorFactory,
     *,
     score_from: int = 400,
     window: str = "60s",
@@ -127,6 +136,7 @@ def run_skab(
 
     ``score_from=400`` scores the test part only (the first 400 rows are each file's training set, as in
     SKAB's proposed leaderboard); ``score_from=0`` scores whole files (the v0.9 leaderboard).
+    ``detector`` is a definition, or a :data:`DetectorFactory` called with each file's feature columns.
     """
     if score_from < 0:
         raise ValueError(f"score_from must be >= 0, got {score_from!r}")
@@ -143,16 +153,14 @@ def run_skab(
             pl.col("datetime").alias("timestamp"),
             *[pl.col(c).cast(pl.Float64) for c in features],
         )
-        out = _stream(detector, stream)
+        out = _stream(_for_fields(detector, features), stream)
         pred = out["is_anomaly"].fill_null(False).cast(pl.Int8).to_numpy()[score_from:]
         truth = df["anomaly"].cast(pl.Int8).to_numpy()[score_from:]
         true_out.append(truth)
         pred_out.append(pred)
         ts = timestamp_column_to_micros(df["datetime"]).to_numpy()[score_from:]
         cps.append(
-            ChangepointFile(
-                ts, df["changepoint"].cast(pl.Int8).to_numpy()[score_from:], predicted_changepoints(pred)
-            )
+            ChangepointFile(ts, df["changepoint"].cast(pl.Int8).to_numpy()[score_from:], predicted_changepoints(pred))
         )
         rows += truth.size
         if scores_out is not None:
@@ -208,13 +216,17 @@ def load_nab_profiles(path: Path) -> tuple[CostProfile, ...]:
 def run_nab(
     data_dir: Path,
     windows: dict[str, list[tuple[int, int]]],
-    detector: DetectorSpec,
+    detector: DetectorSpec | DetectorFactory,
     *,
     profiles: Sequence[CostProfile] = NAB_PROFILES,
     probation_fraction: float = 0.15,
     scores_out: Path | None = None,
 ) -> NabReport:
-    """Stream every labelled ``timestamp,value`` file through ``detector`` and score it the NAB v1.1 way."""
+    """Stream every labelled ``timestamp,value`` file through ``detector`` and score it the NAB v1.1 way.
+
+    ``detector`` is a definition, or a :data:`DetectorFactory` (called with ``["value"]``).
+    """
+    spec = _for_fields(detector, ["value"])
     files: list[NabFile] = []
     rows = 0
     for rel in sorted(windows):
@@ -232,7 +244,7 @@ def run_nab(
                 "value": df["value"].cast(pl.Float64),
             }
         )
-        out = _stream(detector, stream)
+        out = _stream(spec, stream)
         scores = out["score"].fill_null(0.0).cast(pl.Float64).to_numpy()
         files.append(NabFile(rel, scores, windows_to_rows(ts.to_numpy(), windows[rel])))
         rows += df.height
