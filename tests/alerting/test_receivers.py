@@ -1,4 +1,4 @@
-"""Real receivers: an HTTP server, an SMTP server (aiosmtpd) and Mosquitto."""
+"""Real receivers: an HTTP server, an SMTP server (aiosmtpd), Mosquitto and NATS."""
 
 from __future__ import annotations
 
@@ -154,3 +154,41 @@ def test_mqtt_publish_to_mosquitto(tmp_path: Path) -> None:
         sub.loop_stop()
         sub.disconnect()
     assert got[0]["status"] == "firing" and got[0]["alerts"][0]["labels"]["sensor_id"] == "a"
+
+
+def test_nats_publish_to_the_real_server(tmp_path: Path) -> None:
+    pytest.importorskip("nats")
+    import asyncio
+
+    import nats
+
+    from tests.connectors.servers import require, unique
+
+    require("nats")
+    subject = unique("tidegauge-test.alerts").replace("_", ".")
+
+    async def main() -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        try:
+            sub = await nc.subscribe(subject)
+            await nc.flush()  # the subscription is registered before anything is published
+            clock = ManualClock(T0)
+            m = AlertManager(_cfg({"name": "bus", "kind": "nats", "url": "nats://127.0.0.1:4222",
+                                   "subject": subject}), store=tmp_path / "a.db", clock=clock)
+            # the notifier runs its own event loop: deliver from a worker thread, as background delivery does
+            await asyncio.to_thread(m.evaluate, batch({"a": 50.0}, t_us=T0))
+            clock.advance("1m")
+            await asyncio.to_thread(m.evaluate, batch({"a": 20.0}, t_us=clock.now_us()))
+            m.close()
+            for _ in range(2):
+                msg = await sub.next_msg(timeout=5)  # bounds a broken run; not a speed assertion
+                got.append(json.loads(msg.data))
+        finally:
+            await nc.close()
+        return got
+
+    got = asyncio.run(main())
+    assert [p["status"] for p in got] == ["firing", "resolved"]
+    assert got[0]["receiver"] == "bus" and got[0]["alerts"][0]["labels"]["sensor_id"] == "a"
+    assert got[1]["alerts"][0]["status"] == "resolved"

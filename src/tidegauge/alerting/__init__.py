@@ -27,7 +27,7 @@ from tidegauge.alerting.manager import AlertManager
 from tidegauge.alerting.notifiers import LogNotifier, Notifier, WebhookNotifier, build_payload
 from tidegauge.alerting.routing import Matcher, Silence
 from tidegauge.alerting.step import AlertStep
-from tidegauge.alerting.store import AlertStore
+from tidegauge.alerting.store import AlertStore, open_store
 
 __all__ = [
     "Alert",
@@ -51,5 +51,6 @@ __all__ = [
     "default_config",
     "fingerprint",
     "load_config",
+    "open_store",
     "parse_config",
 ]

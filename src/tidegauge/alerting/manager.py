@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import string
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,8 @@ from tidegauge.alerting.lifecycle import Alert, advance, fingerprint, new_alert,
 from tidegauge.alerting.notifiers import Notifier, build_notifier
 from tidegauge.alerting.routing import Inhibitor, Matcher, Route, Silence, compile_route
 from tidegauge.alerting.rules import ACTIVE, ID, SEEN, CompiledRule, compile_rule
-from tidegauge.alerting.store import AlertStore, GroupState
+from tidegauge.alerting.store import AlertStore, GroupState, open_store
+from tidegauge.dataflow.metrics import LatencyHistogram
 
 __all__ = ["TRANSITION_SCHEMA", "AlertManager"]
 
@@ -37,6 +39,8 @@ TRANSITION_SCHEMA: dict[str, pl.DataType] = {
     "state": pl.String(), "labels": pl.String(),
 }
 _RULE_STATE_EVERY_US = 5_000_000  # per-key rule state is persisted at most every 5 s (and at close)
+EVAL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+"""Upper bounds (seconds) of the per-rule evaluation histogram: from a screened-out rule to a 65k-row batch."""
 
 
 class _Missing(dict[str, Any]):
@@ -61,7 +65,8 @@ class AlertManager:
     config:
         Validated rules file (:func:`~tidegauge.alerting.config.load_config`).
     store:
-        An :class:`AlertStore`, or the path of its SQLite file (default in memory: state lost at exit).
+        An :class:`AlertStore`, the path of its SQLite file, or a ``postgresql://`` URL
+        (default in memory: state lost at exit).
     clock:
         Processing-time clock (a :class:`~tidegauge._time.ManualClock` in tests).
     notifiers:
@@ -69,6 +74,9 @@ class AlertManager:
     delivery:
         ``"inline"`` delivers due notifications at the end of each evaluate/tick (deterministic);
         ``"background"`` delivers from one thread per receiver; ``"none"`` only queues them.
+
+    The public methods hold one re-entrant lock, so the HTTP API may call them from another thread than
+    the one evaluating.
     """
 
     def __init__(
@@ -85,7 +93,8 @@ class AlertManager:
         self.config = config
         self.clock = clock or SystemClock()
         self._own_store = not isinstance(store, AlertStore)
-        self.store = store if isinstance(store, AlertStore) else AlertStore(store or ":memory:")
+        self.store = store if isinstance(store, AlertStore) else open_store(store or ":memory:")
+        self._lock = threading.RLock()
         self.rules = [compile_rule(r, key_column=key_column, time_column=time_column, flap=config.flap)
                       for r in config.rules]
         self._rules = {r.name: r for r in self.rules}
@@ -103,6 +112,8 @@ class AlertManager:
         self.retention_us = parse_duration(config.resolved_retention)
         self.eval_seconds: dict[str, float] = {}
         self.evaluations: Counter[str] = Counter()
+        self.eval_histograms: dict[str, LatencyHistogram] = {
+            r.name: LatencyHistogram(EVAL_BUCKETS, [0] * (len(EVAL_BUCKETS) + 1)) for r in self.rules}
         self.alerts: dict[str, Alert] = {a.fingerprint: a for a in self.store.load_alerts()}
         self._ids: dict[str, dict[str, str]] = {r.name: {} for r in self.rules}
         for a in self.alerts.values():
@@ -142,7 +153,10 @@ class AlertManager:
     # evaluation --------------------------------------------------------------------------------------------
     def evaluate(self, df: pl.DataFrame, now_us: int | None = None) -> pl.DataFrame:
         """Evaluate every rule on batch ``df`` at processing time ``now_us``; return the alert transitions."""
-        now = self._now(now_us)
+        with self._lock:
+            return self._evaluate(df, self._now(now_us))
+
+    def _evaluate(self, df: pl.DataFrame, now: int) -> pl.DataFrame:
         applicable = [r for r in self.rules if r.applies(df)] if df.height else []
         screened = [r for r in applicable if r.hit_expr is not None]
         hits: dict[str, bool] = {}
@@ -156,7 +170,9 @@ class AlertManager:
                 continue
             t0 = time.perf_counter()
             obs = rule.evaluate(df, now, held)
-            self.eval_seconds[rule.name] = self.eval_seconds.get(rule.name, 0.0) + time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            self.eval_seconds[rule.name] = self.eval_seconds.get(rule.name, 0.0) + spent
+            self.eval_histograms[rule.name].observe(spent)
             self.evaluations[rule.name] += 1
             if type(rule).snapshot is not CompiledRule.snapshot:
                 self._rule_state_dirty.add(rule.name)
@@ -166,7 +182,8 @@ class AlertManager:
 
     def tick(self, now_us: int | None = None) -> pl.DataFrame:
         """Advance processing time with no data: ``for``/``keep_firing_for``, no-data rules, group flushes."""
-        return self._step(self._now(now_us))
+        with self._lock:
+            return self._step(self._now(now_us))
 
     def _apply(self, rule: CompiledRule, obs: pl.DataFrame, now: int) -> None:
         cfg = rule.cfg
@@ -254,7 +271,8 @@ class AlertManager:
     def muted(self, now_us: int | None = None) -> dict[str, str]:
         """Firing alerts that are not notified: fingerprint -> ``silence:<id>`` or ``inhibited:<fingerprint>``."""
         now = self._now(now_us)
-        firing = {fp: a.labels for fp, a in self.alerts.items() if a.state == "firing"}
+        with self._lock:
+            firing = {fp: a.labels for fp, a in self.alerts.items() if a.state == "firing"}
         out = {fp: f"inhibited:{src}" for fp, src in self.inhibitor.muted(firing).items()}
         active = [s for s in self._silences if s.active(now)]
         for fp, labels in firing.items():
@@ -321,23 +339,27 @@ class AlertManager:
         self, *, state: str | None = None, severity: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[Alert]:
         """Current alerts, filtered by state, severity and exact label values."""
-        out = [a for a in self.alerts.values()
-               if (state is None or a.state == state) and (severity is None or a.severity == severity)
-               and all(a.labels.get(k) == v for k, v in (labels or {}).items())]
+        with self._lock:
+            out = [a for a in self.alerts.values()
+                   if (state is None or a.state == state) and (severity is None or a.severity == severity)
+                   and all(a.labels.get(k) == v for k, v in (labels or {}).items())]
         return sorted(out, key=lambda a: (a.rule, sorted(a.labels.items())))
 
     def acknowledge(self, fp: str, *, by: str, comment: str = "", now_us: int | None = None) -> Alert:
         """Acknowledge an alert (stops its repeat notifications until it resolves)."""
-        alert = self._get(fp)
-        alert.ack_by, alert.ack_at, alert.ack_comment = by, self._now(now_us), comment
-        self._save_one(alert)
-        return alert
+        with self._lock:
+            alert = self._get(fp)
+            alert.ack_by, alert.ack_at, alert.ack_comment = by, self._now(now_us), comment
+            self._save_one(alert)
+            return alert
 
     def unacknowledge(self, fp: str) -> Alert:
-        alert = self._get(fp)
-        alert.ack_by = alert.ack_at = alert.ack_comment = None
-        self._save_one(alert)
-        return alert
+        """Withdraw an acknowledgement: the alert's repeat notifications resume."""
+        with self._lock:
+            alert = self._get(fp)
+            alert.ack_by = alert.ack_at = alert.ack_comment = None
+            self._save_one(alert)
+            return alert
 
     def _get(self, fp: str) -> Alert:
         try:
@@ -363,38 +385,50 @@ class AlertManager:
             end = now + parse_duration(duration, name="duration")
         else:
             raise ValueError("a silence must end: give duration= (e.g. '2h') or ends_at=")
-        s = self.store.add_silence(matchers, starts_at=now, ends_at=end, created_by=created_by, comment=comment,
-                                   now_us=now)
-        self._silences = self.store.silences()
+        with self._lock:
+            s = self.store.add_silence(matchers, starts_at=now, ends_at=end, created_by=created_by, comment=comment,
+                                       now_us=now)
+            self._silences = self.store.silences()
         return s
 
     def silences(self) -> list[Silence]:
         return self.store.silences()
 
     def expire_silence(self, silence_id: str, *, now_us: int | None = None) -> bool:
-        ok = self.store.expire_silence(silence_id, now_us=self._now(now_us))
-        self._silences = self.store.silences()
+        """End a silence now; ``False`` if there is no such silence or it had already ended."""
+        with self._lock:
+            ok = self.store.expire_silence(silence_id, now_us=self._now(now_us))
+            self._silences = self.store.silences()
         return ok
 
     def metrics(self) -> dict[str, Any]:
-        """Rule evaluation time, alerts by state, notifications sent/failed (for ``/metrics``)."""
-        st = self.dispatcher.stats
-        return {
-            "rule_eval_seconds_total": dict(self.eval_seconds),
-            "rule_evaluations_total": dict(self.evaluations),
-            "alerts": dict(Counter(a.state for a in self.alerts.values())),
-            "notifications_sent_total": dict(st.sent),
-            "notifications_failed_total": dict(st.failed),
-            "notification_attempts_failed_total": dict(st.failed_attempts),
-            "notifications_dropped_total": dict(st.dropped),
-        }
+        """Rule evaluation time, alerts by state, notifications sent/failed (for ``/metrics``).
+
+        ``rule_eval_seconds`` maps each rule to ``(cumulative buckets [(le, n), ...], sum of seconds)``;
+        the other entries map a rule, state or receiver name to a count.
+        """
+        with self._lock:
+            st = self.dispatcher.stats
+            by_state = Counter(a.state for a in self.alerts.values())
+            return {
+                "rule_eval_seconds": {n: (h.cumulative(), h.total) for n, h in self.eval_histograms.items()},
+                "rule_eval_seconds_total": dict(self.eval_seconds),
+                "rule_evaluations_total": dict(self.evaluations),
+                "alerts": {s: by_state.get(s, 0) for s in ("pending", "firing", "resolved")},
+                "receivers": sorted(self.receivers),
+                "notifications_sent_total": dict(st.sent),
+                "notifications_failed_total": dict(st.failed),
+                "notification_attempts_failed_total": dict(st.failed_attempts),
+                "notifications_dropped_total": dict(st.dropped),
+            }
 
     def close(self) -> None:
         """Persist per-key rule state, stop delivery workers, close the store (if this manager opened it)."""
-        states = self._rule_states({r.name for r in self.rules})
-        if states:
-            with self.store.transaction() as conn:
-                self.store.save_rule_state(conn, states)
+        with self._lock:
+            states = self._rule_states({r.name for r in self.rules})
+            if states:
+                with self.store.transaction() as conn:
+                    self.store.save_rule_state(conn, states)
         self.dispatcher.stop()
         if self._own_store:
             self.store.close()

@@ -33,6 +33,9 @@ class AlertStep:
     """Step definition evaluating ``config`` on every batch (state in the SQLite file ``store``).
 
     Delivery runs in background threads by default so a slow receiver never blocks the dataflow.
+    ``manager`` shares an existing :class:`AlertManager` (e.g. the one the HTTP server's alert API serves)
+    instead of building one: acknowledgements and silences made through it are seen by the flow at once.
+    ``store`` may be a SQLite path or a ``postgresql://`` URL.
     """
 
     snapshot_type = AlertStepSnapshot
@@ -44,9 +47,13 @@ class AlertStep:
         store: str | Path = "alerts.db",
         notifiers: dict[str, Notifier] | None = None,
         delivery: Literal["inline", "background", "none"] = "background",
+        manager: AlertManager | None = None,
     ) -> None:
+        if manager is not None and manager.config is not config:
+            raise ValueError("AlertStep(config, manager=m): pass m.config as the config of a shared manager")
         self.config = config
-        self.store = str(store)
+        self.manager = manager
+        self.store = manager.store.path if manager is not None else str(store)
         self.notifiers = notifiers
         self.delivery = delivery
 
@@ -60,7 +67,9 @@ class _AlertLogic:
         self.manager: AlertManager | None = None
 
     def _manager(self, ctx: StepContext) -> AlertManager:
-        if self.manager is None:
+        if self.manager is None and self.d.manager is not None:
+            self.manager = self.d.manager
+        elif self.manager is None:
             self.manager = AlertManager(self.d.config, store=self.d.store, notifiers=self.d.notifiers,
                                         delivery=self.d.delivery, key_column=ctx.key_column,
                                         time_column=ctx.time_column)

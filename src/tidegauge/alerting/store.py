@@ -1,8 +1,13 @@
 """Persisted alert state: alerts, notification groups, silences, rule state and the notification outbox/log.
 
-SQLite by default (one file, WAL mode). Every evaluation commits its alert, group and outbox changes in one
-transaction, so a restart neither re-pages (groups remember what they notified) nor forgets a firing alert.
-The CLI opens the same file to list alerts and manage silences while the pipeline runs.
+SQLite by default (one file, WAL mode); PostgreSQL (same schema,
+:class:`~tidegauge.alerting.postgres.PostgresAlertStore`) when :func:`open_store` is given a ``postgresql://``
+URL. Every evaluation commits its alert, group and outbox changes in one transaction, so a restart neither
+re-pages (groups remember what they notified) nor forgets a firing alert. The CLI opens the same store to
+list alerts and manage silences while the pipeline runs.
+
+Subclasses change only the connection, the transaction and the SQL dialect (:attr:`AlertStore.dialect`);
+every statement is written once, with ``?`` placeholders.
 """
 
 from __future__ import annotations
@@ -12,31 +17,44 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tidegauge.alerting.lifecycle import Alert
 from tidegauge.alerting.routing import Matcher, Silence
 
-__all__ = ["AlertStore", "GroupState", "OutboxEntry"]
+__all__ = ["AlertStore", "GroupState", "OutboxEntry", "open_store"]
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
+# {int}: a 64-bit integer (microsecond timestamps); {blob}: bytes; {serial}: an auto-increment 64-bit key
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (fingerprint TEXT PRIMARY KEY, data TEXT NOT NULL, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (key TEXT PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, matchers TEXT NOT NULL, starts_at INTEGER NOT NULL,
-    ends_at INTEGER NOT NULL, created_by TEXT NOT NULL, comment TEXT NOT NULL, created_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS rule_state (rule TEXT PRIMARY KEY, blob BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, group_key TEXT NOT NULL,
-    receiver TEXT NOT NULL, status TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, next_attempt INTEGER NOT NULL,
-    delivered_at INTEGER, last_error TEXT);
+CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, matchers TEXT NOT NULL, starts_at {int} NOT NULL,
+    ends_at {int} NOT NULL, created_by TEXT NOT NULL, comment TEXT NOT NULL, created_at {int} NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_state (rule TEXT PRIMARY KEY, blob {blob} NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (id {serial}, group_key TEXT NOT NULL,
+    receiver TEXT NOT NULL, status TEXT NOT NULL, payload TEXT NOT NULL, created_at {int} NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, next_attempt {int} NOT NULL,
+    delivered_at {int}, last_error TEXT);
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (receiver, state, next_attempt);
 """
+"""The schema shared by every backend, with the dialect's types filled in."""
+
+
+def open_store(target: str | Path) -> AlertStore:
+    """The store at ``target``: a ``postgresql://`` URL (needs ``pip install 'tidegauge[postgres]'``), a SQLite
+    file path, or ``":memory:"``."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        from tidegauge.alerting.postgres import PostgresAlertStore
+
+        return PostgresAlertStore(text)
+    return AlertStore(target)
 
 
 @dataclass
@@ -77,23 +95,32 @@ class AlertStore:
         Database file, or ``":memory:"`` (state lost at exit: for tests only).
     """
 
+    dialect: ClassVar[Mapping[str, str]] = {
+        "int": "INTEGER", "blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "no_limit": "LIMIT -1",
+    }
+    """SQL spelling of the schema's types and of "no LIMIT before OFFSET"."""
+
     def __init__(self, path: str | Path = "alerts.db") -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn: Any = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        self._conn.executescript(_SCHEMA)
+        self._conn.executescript(SCHEMA.format(**self.dialect))
+
+    def _q(self, sql: str) -> str:
+        """``sql`` in this backend's placeholder style (SQLite: ``?`` as written)."""
+        return sql
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+    def transaction(self) -> Iterator[Any]:
+        """One atomic write (``BEGIN IMMEDIATE`` ... ``COMMIT``); yields the connection to write through."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -103,43 +130,45 @@ class AlertStore:
                 raise
             self._conn.execute("COMMIT")
 
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            rows: list[Any] = self._conn.execute(self._q(sql), params).fetchall()
+        return rows
+
     # alerts ------------------------------------------------------------------------------------------
     def load_alerts(self) -> list[Alert]:
-        with self._lock:
-            rows = self._conn.execute("SELECT data FROM alerts").fetchall()
+        rows = self._read("SELECT data FROM alerts")
         return [Alert(**json.loads(r[0])) for r in rows]
 
-    def save_alerts(self, conn: sqlite3.Connection, alerts: Iterable[Alert]) -> None:
+    def save_alerts(self, conn: Any, alerts: Iterable[Alert]) -> None:
         conn.executemany(
             "INSERT INTO alerts (fingerprint, data, state) VALUES (?, ?, ?) "
             "ON CONFLICT(fingerprint) DO UPDATE SET data = excluded.data, state = excluded.state",
             [(a.fingerprint, json.dumps(asdict(a), default=str), a.state) for a in alerts],
         )
 
-    def delete_alerts(self, conn: sqlite3.Connection, fingerprints: Iterable[str]) -> None:
+    def delete_alerts(self, conn: Any, fingerprints: Iterable[str]) -> None:
         conn.executemany("DELETE FROM alerts WHERE fingerprint = ?", [(f,) for f in fingerprints])
 
     # groups ------------------------------------------------------------------------------------------
     def load_groups(self) -> list[GroupState]:
-        with self._lock:
-            rows = self._conn.execute("SELECT data FROM groups").fetchall()
+        rows = self._read("SELECT data FROM groups")
         return [GroupState(**json.loads(r[0])) for r in rows]
 
-    def save_groups(self, conn: sqlite3.Connection, groups: Iterable[GroupState]) -> None:
+    def save_groups(self, conn: Any, groups: Iterable[GroupState]) -> None:
         conn.executemany(
             "INSERT INTO groups (key, data) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET data = excluded.data",
             [(g.key, json.dumps(asdict(g))) for g in groups],
         )
 
-    def delete_groups(self, conn: sqlite3.Connection, keys: Iterable[str]) -> None:
+    def delete_groups(self, conn: Any, keys: Iterable[str]) -> None:
         conn.executemany("DELETE FROM groups WHERE key = ?", [(k,) for k in keys])
 
     # rule state --------------------------------------------------------------------------------------
     def load_rule_state(self) -> dict[str, bytes]:
-        with self._lock:
-            return {r: bytes(b) for r, b in self._conn.execute("SELECT rule, blob FROM rule_state")}
+        return {r: bytes(b) for r, b in self._read("SELECT rule, blob FROM rule_state")}
 
-    def save_rule_state(self, conn: sqlite3.Connection, states: dict[str, bytes]) -> None:
+    def save_rule_state(self, conn: Any, states: dict[str, bytes]) -> None:
         conn.executemany(
             "INSERT INTO rule_state (rule, blob) VALUES (?, ?) ON CONFLICT(rule) DO UPDATE SET blob = excluded.blob",
             list(states.items()),
@@ -165,11 +194,10 @@ class AlertStore:
         return s
 
     def silences(self) -> list[Silence]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at FROM silences "
-                "ORDER BY created_at, id"
-            ).fetchall()
+        rows = self._read(
+            "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at FROM silences "
+            "ORDER BY created_at, id"
+        )
         return [
             Silence(r[0], tuple(Matcher.parse(m) for m in json.loads(r[1])), r[2], r[3], r[4], r[5], r[6])
             for r in rows
@@ -187,11 +215,11 @@ class AlertStore:
             conn.execute("UPDATE silences SET starts_at = ends_at WHERE id = ? AND starts_at > ends_at", (silence_id,))
         return True
 
-    def delete_silences_before(self, conn: sqlite3.Connection, before_us: int) -> None:
+    def delete_silences_before(self, conn: Any, before_us: int) -> None:
         conn.execute("DELETE FROM silences WHERE ends_at < ?", (before_us,))
 
     # outbox / notification log ---------------------------------------------------------------------------
-    def enqueue(self, conn: sqlite3.Connection, entries: Sequence[tuple[str, str, str, dict[str, Any], int]]) -> None:
+    def enqueue(self, conn: Any, entries: Sequence[tuple[str, str, str, dict[str, Any], int]]) -> None:
         """Add ``(group_key, receiver, status, payload, now)`` notifications to the outbox."""
         conn.executemany(
             "INSERT INTO notifications (group_key, receiver, status, payload, created_at, next_attempt) "
@@ -200,25 +228,22 @@ class AlertStore:
         )
 
     def due(self, receiver: str, now_us: int, limit: int = 100) -> list[OutboxEntry]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT * FROM notifications WHERE receiver = ? AND state = 'pending' AND next_attempt <= ? "
-                "ORDER BY id LIMIT ?", (receiver, now_us, limit)
-            ).fetchall()
+        rows = self._read(
+            "SELECT * FROM notifications WHERE receiver = ? AND state = 'pending' AND next_attempt <= ? "
+            "ORDER BY id LIMIT ?", (receiver, now_us, limit)
+        )
         return [self._entry(r) for r in rows]
 
     def next_due(self, receiver: str) -> int | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT MIN(next_attempt) FROM notifications WHERE receiver = ? AND state = 'pending'", (receiver,)
-            ).fetchone()
+        (row,) = self._read(
+            "SELECT MIN(next_attempt) FROM notifications WHERE receiver = ? AND state = 'pending'", (receiver,)
+        )
         return None if row is None or row[0] is None else int(row[0])
 
     def pending_count(self, receiver: str) -> int:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT COUNT(*) FROM notifications WHERE receiver = ? AND state = 'pending'", (receiver,)
-            ).fetchone()
+        (row,) = self._read(
+            "SELECT COUNT(*) FROM notifications WHERE receiver = ? AND state = 'pending'", (receiver,)
+        )
         return int(row[0])
 
     def drop_oldest_pending(self, receiver: str, keep: int) -> int:
@@ -227,9 +252,9 @@ class AlertStore:
             cur = conn.execute(
                 "UPDATE notifications SET state = 'dropped', last_error = 'outbox full' WHERE id IN ("
                 "SELECT id FROM notifications WHERE receiver = ? AND state = 'pending' ORDER BY id DESC "
-                "LIMIT -1 OFFSET ?)", (receiver, keep)
+                f"{self.dialect['no_limit']} OFFSET ?)", (receiver, keep)
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
     def mark(self, entry_id: int, *, state: str, attempts: int, next_attempt: int, delivered_at: int | None,
              error: str | None) -> None:
@@ -241,8 +266,7 @@ class AlertStore:
 
     def notifications(self, *, limit: int = 1000) -> list[OutboxEntry]:
         """The notification log, oldest first."""
-        with self._lock:
-            rows = self._conn.execute("SELECT * FROM notifications ORDER BY id LIMIT ?", (limit,)).fetchall()
+        rows = self._read("SELECT * FROM notifications ORDER BY id LIMIT ?", (limit,))
         return [self._entry(r) for r in rows]
 
     @staticmethod

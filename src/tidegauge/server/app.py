@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -44,6 +44,9 @@ from tidegauge.server.ingest import error, ingest_http, ingest_ws, json_response
 from tidegauge.server.metrics import FlowCollector, LatencyTracker, ServerMetrics
 from tidegauge.server.openapi import openapi_schema
 from tidegauge.server.validation import RecordValidator
+
+if TYPE_CHECKING:
+    from tidegauge.alerting.manager import AlertManager
 
 __all__ = ["ServerState", "build_app", "serve"]
 
@@ -77,11 +80,13 @@ class ServerState:
         return principal
 
 
-def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None) -> Starlette:
+def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
+              alerts: AlertManager | None = None) -> Starlette:
     """The ASGI app serving ``runner``'s flow (a :class:`~tidegauge.dataflow.Runner`, built or running).
 
     ``environ`` gives the clear tokens of tokens configured by ``env`` (the server config layer passes
-    ``os.environ``; library code passes what it wants).
+    ``os.environ``; library code passes what it wants). ``alerts`` (the manager the flow's ``AlertStep``
+    shares) adds the alert and silence endpoints and the alerting metrics (:mod:`tidegauge.server.alerts`).
     """
     sources = {nid: n.definition for nid, n in runner.flow.nodes.items()
                if n.kind == "source" and isinstance(n.definition, HttpIngestSource)}
@@ -116,6 +121,11 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
         Route("/openapi.json", openapi),
         *query_routes(),
     ]
+    if alerts is not None:
+        from tidegauge.server.alerts import AlertCollector, alert_routes
+
+        registry.register(AlertCollector(alerts))
+        routes += alert_routes(alerts)
     app = Starlette(routes=routes)
     app.state.tg = state
     app.add_middleware(_ObserveMiddleware, state=state)
