@@ -14,7 +14,15 @@
     watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h}
     batch: {max_rows: 65536, max_delay: 5ms}
 
-Sources: ``{file: PATH, format?, speed?}``, ``{simulator: {sensors, rate, seed, ...}, limit?}``.
+    server: {port: 8080, tokens: [...]}  # optional: serve HTTP (tidegauge.server.ServerConfig)
+
+Sources: ``{file: PATH, format?, speed?}``, ``{simulator: {sensors, rate, seed, ...}, limit?}``,
+``{mqtt: {topics, host, port, qos, session, ack, template, ...}}``,
+``{nats: {stream, subject, durable, servers, ack_wait, ...}}``, ``{redis: {key, group, consumer, url}}``,
+``{http: {log_dir, durability, max_lag, schema}}``.
+Sinks: ``{file: PATH}``, ``{postgres: {table, key, conninfo, create}}``, ``{mqtt: {topic, ...}}``,
+``{nats: {subject, servers, id_columns}}``, ``{redis: {key, url, maxlen}}``. Each connector's module (and its
+client library, an extra such as ``tidegauge[nats]``) is imported only when a file uses it.
 Steps: ``filter``, ``select``, ``with_columns``, ``key_by``, ``enrich``, ``window``, ``detect``.
 Relative paths are taken relative to the pipeline file's directory. Every error names the file, the
 path inside it and what to write instead.
@@ -25,7 +33,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import yaml
@@ -33,16 +41,71 @@ import yaml
 from tidegauge.dataflow import CheckpointConfig, Flow, Stream, WatermarkConfig
 from tidegauge.errors import ConfigError
 
-__all__ = ["BuiltPipeline", "PipelineConfig", "build_pipeline", "load_pipeline"]
+if TYPE_CHECKING:
+    import polars as pl
+
+    from tidegauge.server.config import ServerConfig
+
+__all__ = ["BuiltPipeline", "PipelineConfig", "build_pipeline", "load_pipeline", "server_config"]
 
 logger = logging.getLogger(__name__)
 
 _Strict = {"forbid_unknown_fields": True, "frozen": True}
 
 
+ColumnType = Literal["str", "float", "int", "bool", "timestamp"]
+"""Column types a broker or HTTP source decodes into (columns left out are inferred per batch)."""
+
+
+class MqttSourceSection(msgspec.Struct, **_Strict):
+    topics: str | list[str]
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    qos: Literal[0, 1] = 1
+    session: Literal["clean", "persistent"] = "clean"
+    ack: Literal["receipt", "checkpoint"] = "receipt"
+    template: str | None = None
+    buffer: int = 100_000
+    schema: dict[str, ColumnType] | None = None
+
+
+class NatsSourceSection(msgspec.Struct, **_Strict):
+    stream: str
+    subject: str
+    durable: str
+    servers: str | list[str] = "nats://127.0.0.1:4222"
+    template: str | None = None
+    ack_wait: str = "60s"
+    max_ack_pending: int = -1
+    schema: dict[str, ColumnType] | None = None
+
+
+class RedisSourceSection(msgspec.Struct, **_Strict):
+    key: str
+    group: str
+    consumer: str
+    url: str = "redis://127.0.0.1:6379/0"
+    field: str = "data"
+    schema: dict[str, ColumnType] | None = None
+
+
+class HttpSourceSection(msgspec.Struct, **_Strict):
+    log_dir: str = "intake"
+    durability: Literal["fsync", "os"] = "fsync"
+    max_lag: int | str = "16MiB"
+    schema: dict[str, ColumnType] | None = None
+
+
 class SourceConfig(msgspec.Struct, **_Strict):
     file: str | None = None
     simulator: dict[str, Any] | None = None
+    mqtt: MqttSourceSection | None = None
+    nats: NatsSourceSection | None = None
+    redis: RedisSourceSection | None = None
+    http: HttpSourceSection | None = None
     format: Literal["csv", "jsonl", "parquet"] | None = None
     speed: float | None = None
     limit: int | None = None
@@ -51,10 +114,49 @@ class SourceConfig(msgspec.Struct, **_Strict):
     name: str | None = None
 
 
+class PostgresSinkSection(msgspec.Struct, **_Strict):
+    table: str
+    key: str | list[str]
+    conninfo: str = "postgresql://127.0.0.1:5432/postgres"
+    create: bool = False
+
+
+class MqttSinkSection(msgspec.Struct, **_Strict):
+    topic: str
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    qos: Literal[0, 1] = 1
+    retain: bool = False
+
+
+class NatsSinkSection(msgspec.Struct, **_Strict):
+    subject: str
+    servers: str | list[str] = "nats://127.0.0.1:4222"
+    id_columns: list[str] | None = None
+
+
+class RedisSinkSection(msgspec.Struct, **_Strict):
+    key: str
+    url: str = "redis://127.0.0.1:6379/0"
+    field: str = "data"
+    maxlen: int | None = None
+
+
 class SinkConfig(msgspec.Struct, **_Strict):
-    file: str
+    file: str | None = None
+    postgres: PostgresSinkSection | None = None
+    mqtt: MqttSinkSection | None = None
+    nats: NatsSinkSection | None = None
+    redis: RedisSinkSection | None = None
     format: Literal["csv", "jsonl", "parquet"] | None = None
     name: str | None = None
+
+
+_SOURCE_KINDS = ("file", "simulator", "mqtt", "nats", "redis", "http")
+_SINK_KINDS = ("file", "postgres", "mqtt", "nats", "redis")
 
 
 class WindowConfig(msgspec.Struct, **_Strict):
@@ -107,6 +209,8 @@ class PipelineConfig(msgspec.Struct, **_Strict):
     checkpoint: CheckpointSection | None = None
     watermark: WatermarkSection = WatermarkSection()
     batch: BatchSection = BatchSection()
+    server: dict[str, Any] | None = None
+    """validated by :func:`server_config` (kept raw here: the server package is an optional extra)"""
 
 
 _STEP_KINDS = ("filter", "select", "with_columns", "key_by", "enrich", "window", "detect")
@@ -133,7 +237,64 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
                 f"{path}: at $.steps[{i}]: each step is a mapping with one key, one of "
                 f"{', '.join(_STEP_KINDS)} (e.g. '- filter: \"temperature > 45\"'), got {step!r}"
             )
+    for where, section, kinds in _sections(config):
+        given = [k for k in kinds if getattr(section, k) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"{path}: at {where}: give exactly one of {', '.join(kinds)} "
+                              f"(e.g. 'file: out.parquet'), got {', '.join(given) or 'none'}")
+    if config.server is not None:
+        try:
+            server_config(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return config
+
+
+def _sections(config: PipelineConfig) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """Every source and sink section with its YAML path and the kinds it may be."""
+    out: list[tuple[str, Any, tuple[str, ...]]] = []
+    sources = config.source if isinstance(config.source, list) else [config.source]
+    out += [("$.source" if len(sources) == 1 and not isinstance(config.source, list) else f"$.source[{i}]", s,
+             _SOURCE_KINDS) for i, s in enumerate(sources)]
+    if config.sink is not None:
+        sinks = config.sink if isinstance(config.sink, list) else [config.sink]
+        out += [("$.sink" if not isinstance(config.sink, list) else f"$.sink[{i}]", s, _SINK_KINDS)
+                for i, s in enumerate(sinks)]
+    out += [(f"$.{name}", s, _SINK_KINDS) for name, s in (("dead_letter", config.dead_letter), ("late", config.late))
+            if s is not None]
+    return out
+
+
+def server_config(config: PipelineConfig, *, base_dir: str | Path = ".", host: str | None = None,
+                  port: int | None = None) -> ServerConfig | None:
+    """The ``server:`` section as a :class:`~tidegauge.server.ServerConfig` (``None`` without one).
+
+    File paths in it (history, TLS, intake) are taken relative to ``base_dir``; ``host``/``port`` override
+    the file's. Needs the ``server`` extra.
+    """
+    if config.server is None:
+        return None
+    from tidegauge.server.config import ServerConfig
+
+    try:
+        server = msgspec.convert(config.server, ServerConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"at $.server: {_explain(str(exc).replace('`$', '`$.server'))}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"at $.server: {exc}") from None
+    server = msgspec.structs.replace(server, **{k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    return _relative_to(server, Path(base_dir))
+
+
+def _relative_to(server: ServerConfig, base: Path) -> ServerConfig:
+    """``server`` with its file paths (history, TLS, intake) taken relative to the pipeline file's directory."""
+    h = server.history
+    history = msgspec.structs.replace(h, **{
+        f: str(base / getattr(h, f)) + ("/" if getattr(h, f).endswith("/") else "")
+        for f in ("readings", "windows", "anomalies", "dead_letters") if getattr(h, f) is not None})
+    tls = server.tls if server.tls is None else msgspec.structs.replace(
+        server.tls, cert=str(base / server.tls.cert), key=str(base / server.tls.key))
+    return msgspec.structs.replace(server, history=history, tls=tls, intake_dir=str(base / server.intake_dir))
 
 
 def _explain(msg: str) -> str:
@@ -146,15 +307,39 @@ def _explain(msg: str) -> str:
 
 
 def _valid_fields(section: str) -> list[str]:
-    top = {"$": PipelineConfig, "$.source": SourceConfig, "$.checkpoint": CheckpointSection,
-           "$.watermark": WatermarkSection, "$.batch": BatchSection, "$.dead_letter": SinkConfig,
-           "$.late": SinkConfig}
-    for prefix, struct in top.items():
-        if section == prefix or (prefix in ("$.source", "$.sink") and section.startswith(prefix + "[")):
-            return list(struct.__struct_fields__)
-    if section.startswith("$.sink"):
-        return list(SinkConfig.__struct_fields__)
-    return []
+    """The keys valid at a YAML path such as ``$.sink[1].postgres`` or ``$.server.tokens[0]``."""
+    import re
+    import typing
+
+    type_: Any = PipelineConfig
+    parts = [p for p in re.sub(r"\[\d+\]", "", section).split(".")[1:] if p]
+    if parts and parts[0] == "server":
+        try:
+            from tidegauge.server.config import ServerConfig
+        except ImportError:
+            return []
+        type_, parts = ServerConfig, parts[1:]
+    for part in parts:
+        hints = typing.get_type_hints(type_) if isinstance(type_, type) else {}
+        if part not in hints:
+            return []
+        type_ = _struct_in(hints[part])
+        if type_ is None:
+            return []
+    return list(type_.__struct_fields__)
+
+
+def _struct_in(hint: Any) -> Any:
+    """The msgspec Struct inside ``X | None`` / ``list[X]`` / ``X | list[X]`` (``None`` if there is none)."""
+    import typing
+
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return hint
+    for arg in typing.get_args(hint):
+        found = _struct_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass
@@ -176,9 +361,7 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         watermark=WatermarkConfig.of(max_delay=wm.max_delay, idle_timeout=wm.idle_timeout, max_future=wm.max_future),
     )
     sources = config.source if isinstance(config.source, list) else [config.source]
-    streams = [
-        flow.source(_source(s, base, i, config.time), key=s.key, time=s.time) for i, s in enumerate(sources)
-    ]
+    streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time) for i, s in enumerate(sources)]
     stream = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
     last_window: Stream | None = None
     for i, step in enumerate(config.steps):
@@ -188,14 +371,15 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         if kind == "window":
             last_window = stream
     sinks = [] if config.sink is None else config.sink if isinstance(config.sink, list) else [config.sink]
-    for s in sinks:
-        stream.sink(_sink(s, base), name=s.name)
+    for i, s in enumerate(sinks):
+        stream.sink(_sink(s, base, "$.sink" if not isinstance(config.sink, list) else f"$.sink[{i}]"), name=s.name)
     if config.dead_letter is not None:
-        flow.dead_letters().sink(_sink(config.dead_letter, base), name=config.dead_letter.name or "dead_letter")
+        dead = config.dead_letter
+        flow.dead_letters().sink(_sink(dead, base, "$.dead_letter"), name=dead.name or "dead_letter")
     if config.late is not None:
         if last_window is None:
             raise ConfigError("$.late: there is no window step whose late records could be written; remove 'late'")
-        last_window.late().sink(_sink(config.late, base), name=config.late.name or "late")
+        last_window.late().sink(_sink(config.late, base, "$.late"), name=config.late.name or "late")
     cp = None
     if config.checkpoint is not None:
         c = config.checkpoint
@@ -203,16 +387,31 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
     return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay)
 
 
-def _source(s: SourceConfig, base: Path, i: int, default_time: str) -> Any:
-    where = "$.source" if i == 0 else f"$.source[{i}]"
-    if (s.file is None) == (s.simulator is None):
-        raise ConfigError(f"{where}: give exactly one of 'file: PATH' or 'simulator: {{...}}'")
+def _source(s: SourceConfig, base: Path, i: int, config: PipelineConfig) -> Any:
+    where = "$.source" if not isinstance(config.source, list) else f"$.source[{i}]"
+    default_time = config.time
     if s.file is not None:
         from tidegauge.connectors.files import FileSource
 
         return FileSource(
             base / s.file, format=s.format, speed=s.speed, time_column=s.time or default_time, name=s.name
         )
+    try:
+        if s.mqtt is not None:
+            return _mqtt_source(s.mqtt, s.name)
+        if s.nats is not None:
+            return _nats_source(s.nats, s.name)
+        if s.redis is not None:
+            from tidegauge.connectors.redis import RedisSource
+
+            r = s.redis
+            return RedisSource(r.key, group=r.group, consumer=r.consumer, url=r.url, field=r.field,
+                               schema=_schema(r.schema), name=s.name)
+        if s.http is not None:
+            return _http_source(s.http, base, key=s.key or config.key, time=s.time or default_time, name=s.name)
+    except (ValueError, TypeError, ConfigError) as exc:
+        kind = next(k for k in _SOURCE_KINDS if getattr(s, k) is not None)
+        raise ConfigError(f"{where}.{kind}: {exc}") from None
     from tidegauge.connectors.simulator import SimulatorSource
     from tidegauge.simulate import FleetConfig
 
@@ -223,9 +422,79 @@ def _source(s: SourceConfig, base: Path, i: int, default_time: str) -> Any:
     return SimulatorSource(fleet, limit=s.limit)
 
 
-def _sink(s: SinkConfig, base: Path) -> Any:
+def _schema(schema: dict[str, ColumnType] | None) -> dict[str, pl.DataType] | None:
+    if schema is None:
+        return None
+    import polars as pl
+
+    types: dict[str, pl.DataType] = {"str": pl.String(), "float": pl.Float64(), "int": pl.Int64(),
+                                     "bool": pl.Boolean(), "timestamp": pl.Datetime("us", "UTC")}
+    return {column: types[t] for column, t in schema.items()}
+
+
+def _mqtt_source(m: MqttSourceSection, name: str | None) -> Any:
+    from tidegauge.connectors.mqtt import MqttConnection, MqttSource
+
+    connection = MqttConnection(host=m.host, port=m.port, client_id=m.client_id, username=m.username,
+                                password=m.password)
+    return MqttSource(m.topics, connection=connection, qos=m.qos, session=m.session, ack=m.ack,
+                      template=m.template, buffer=m.buffer, schema=_schema(m.schema), name=name)
+
+
+def _nats_source(n: NatsSourceSection, name: str | None) -> Any:
+    from tidegauge.connectors.nats import NatsConnection, NatsSource
+
+    return NatsSource(n.stream, n.subject, durable=n.durable, connection=NatsConnection(servers=n.servers),
+                      template=n.template, ack_wait=n.ack_wait, max_ack_pending=n.max_ack_pending,
+                      schema=_schema(n.schema), name=name)
+
+
+def _http_source(h: HttpSourceSection, base: Path, *, key: str, time: str, name: str | None) -> Any:
+    from tidegauge.connectors.http import HttpIngestSource
+
+    try:
+        from tidegauge.server.config import parse_size
+    except ImportError as exc:
+        from tidegauge.errors import MissingDependencyError
+
+        raise MissingDependencyError(getattr(exc, "name", None) or "starlette", "server") from exc
+    return HttpIngestSource(base / h.log_dir, schema=h.schema, key=key, time=time, durability=h.durability,
+                            max_lag_bytes=parse_size(h.max_lag, name="max_lag"), name=name or "http")
+
+
+def _sink(s: SinkConfig, base: Path, where: str) -> Any:
+    try:
+        if s.postgres is not None:
+            from tidegauge.connectors.postgres import PostgresSink
+
+            p = s.postgres
+            return PostgresSink(p.table, key=[p.key] if isinstance(p.key, str) else p.key, conninfo=p.conninfo,
+                                create=p.create, name=s.name)
+        if s.mqtt is not None:
+            from tidegauge.connectors.mqtt import MqttConnection, MqttSink
+
+            m = s.mqtt
+            connection = MqttConnection(host=m.host, port=m.port, client_id=m.client_id, username=m.username,
+                                        password=m.password)
+            return MqttSink(m.topic, connection=connection, qos=m.qos, retain=m.retain, name=s.name)
+        if s.nats is not None:
+            from tidegauge.connectors.nats import NatsConnection, NatsSink
+
+            n = s.nats
+            return NatsSink(n.subject, connection=NatsConnection(servers=n.servers), id_columns=n.id_columns,
+                            name=s.name)
+        if s.redis is not None:
+            from tidegauge.connectors.redis import RedisSink
+
+            r = s.redis
+            return RedisSink(r.key, url=r.url, field=r.field, maxlen=r.maxlen, name=s.name)
+    except (ValueError, TypeError) as exc:
+        kind = next(k for k in _SINK_KINDS if getattr(s, k) is not None)
+        raise ConfigError(f"{where}.{kind}: {exc}") from None
     from tidegauge.connectors.files import FileSink
 
+    if s.file is None:
+        raise ConfigError(f"{where}: give exactly one of {', '.join(_SINK_KINDS)}")
     return FileSink(base / s.file, format=s.format, name=s.name)
 
 

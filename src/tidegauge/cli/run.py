@@ -1,9 +1,14 @@
-"""``tidegauge run PIPELINE.yaml``: run a pipeline file until its sources are exhausted or Ctrl-C."""
+"""``tidegauge run PIPELINE.yaml``: run a pipeline file until its sources are exhausted or Ctrl-C.
+
+A file with a ``server:`` section is served too (the HTTP server runs in the same event loop, as with
+``tidegauge serve``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +42,17 @@ def run(
     cp = built.checkpoint
     if checkpoint_dir is not None:
         cp = CheckpointConfig(checkpoint_dir, interval=cp.interval if cp else "10s", keep=cp.keep if cp else 3)
+    console = Console()
+    if config.server is not None:
+        from tidegauge.cli.serve import served_runner
+        from tidegauge.server import serve as _serve
+
+        runner, server = served_runner(pipeline, config, built, checkpoint=cp)
+        # serve() handles SIGINT/SIGTERM itself: stop accepting requests, then checkpoint and stop the flow
+        result = asyncio.run(_serve(runner, server, environ=os.environ))
+        if not quiet:
+            _summary(console, config.name, built.flow, result)
+        return
     runner = Runner(built.flow, checkpoint=cp, max_batch=built.max_batch, max_delay=built.max_delay)
 
     def _stop(signum: int, frame: object) -> None:
@@ -44,17 +60,19 @@ def run(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    console = Console()
     if quiet or not console.is_terminal:
         result = runner.run()
     else:
         result = asyncio.run(_run_with_progress(runner, built.flow, console))
-    if quiet:
-        return
+    if not quiet:
+        _summary(console, config.name, built.flow, result)
+
+
+def _summary(console: Console, name: str, flow: Any, result: Any) -> None:
     restored = f", resumed from checkpoint {result.restored_from}" if result.restored_from is not None else ""
     console.print(
-        f"[bold]{config.name}[/]: {result.records_in:,} records in, "
-        f"{sum(v for k, v in result.records_out.items() if k in _sink_ids(built.flow)):,} out, "
+        f"[bold]{name}[/]: {result.records_in:,} records in, "
+        f"{sum(v for k, v in result.records_out.items() if k in _sink_ids(flow)):,} out, "
         f"{sum(result.dead_letters.values()):,} dead letters, {result.late:,} late, "
         f"{result.checkpoints} checkpoints in {result.seconds:.2f}s{restored}",
         highlight=False,

@@ -1,4 +1,5 @@
-"""``tidegauge simulate``: write a simulated IoT fleet to a CSV, JSONL or Parquet file."""
+"""``tidegauge simulate``: write a simulated IoT fleet to a CSV, JSONL or Parquet file, or publish it
+(``--to mqtt://...``, ``nats://...``, ``redis://...``, ``http(s)://...``) at ``--rate``."""
 
 from __future__ import annotations
 
@@ -99,6 +100,22 @@ def simulate(
     realtime: Annotated[
         bool, typer.Option(envvar=_env("REALTIME"), show_envvar=True, help="Pace writing to --rate.")
     ] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", envvar=_env("TO"), show_envvar=True,
+            help="Publish instead of writing a file, paced to --rate: mqtt://host:port/topic-template, "
+            "nats://host:port/subject, redis://host:port/stream-key or http(s)://host:port/api/v1/ingest.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar=_env("TOKEN"), show_envvar=True,
+                     help="Bearer token for http(s) targets (NATS token / Redis password otherwise)."),
+    ] = None,
+    batch: Annotated[
+        int, typer.Option(envvar=_env("BATCH"), show_envvar=True, help="Readings per message/request with --to.")
+    ] = 500,
 ) -> None:
     """Simulate an IoT fleet with labelled anomalies (and injected faults) into a file."""
     faults = FaultConfig(
@@ -121,6 +138,12 @@ def simulate(
         raise ValueError(f"--rows {rows} must be >= 0")
     else:
         total = rows
+    if to is not None:
+        from tidegauge.simulate.publish import publish_readings
+
+        sent = publish_readings(to, config, rows=total, rate=rate, batch=batch, token=token)
+        Console(soft_wrap=True, highlight=False).print(sent.line())
+        return
     show = sys.stdout.isatty() and (total >= _PROGRESS_MIN_ROWS or realtime)
     with Progress(
         TextColumn("simulating"),

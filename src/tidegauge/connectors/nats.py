@@ -38,6 +38,7 @@ from tidegauge.errors import ConnectorError, MissingDependencyError
 try:
     import nats
     import nats.errors
+    import nats.js.errors
     from nats.aio.client import Client as NatsClient
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -155,8 +156,17 @@ class NatsSourceLogic:
         if self._sub is None:
             d = self._d
             self._nc = await d.connection.connect()
+            # the checkpoint, not the consumer, is the resume point: messages a killed run fetched but never
+            # acknowledged would otherwise come back only after ack_wait, out of order
+            js = self._nc.jetstream()
+            try:
+                await js.delete_consumer(d.stream, d.durable)
+            except nats.js.errors.NotFoundError:
+                pass
+            start = {"deliver_policy": DeliverPolicy.ALL} if self._seq == 0 else {
+                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._seq + 1}
             config = ConsumerConfig(
-                durable_name=d.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                durable_name=d.durable, ack_policy=AckPolicy.EXPLICIT, **start,
                 ack_wait=d.ack_wait_s, max_ack_pending=d.max_ack_pending, filter_subject=d.subject,
             )
             try:
@@ -176,7 +186,7 @@ class NatsSourceLogic:
         # left pending at the server until ack_wait
         try:
             msgs = await asyncio.shield(self._fetch)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises both its own TimeoutError and asyncio's
             return pl.DataFrame()
         finally:
             if self._fetch.done():
