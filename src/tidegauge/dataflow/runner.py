@@ -168,6 +168,7 @@ class Runner:
                 self.metrics.queue_depth = queue.qsize()
                 if isinstance(df, Exception):
                     raise ConnectorError(f"source {sid!r} failed: {type(df).__name__}: {df}") from df
+                propagated: int | None = None  # the watermark a batch just pushed through every step
                 if sid:
                     if df is None:
                         self._clocks[sid].finished = True
@@ -175,7 +176,7 @@ class Runner:
                         live.discard(sid)
                     else:
                         t0 = time.perf_counter()
-                        await self._on_batch(sid, df, now)
+                        propagated = await self._on_batch(sid, df, now)
                         self._positions[sid] = position
                         spent = time.perf_counter() - t0
                         self.metrics.batches += 1
@@ -184,7 +185,9 @@ class Runner:
                         batches_since_cp += 1
                 for clock in self._clocks.values():
                     clock.on_idle(now)
-                await self._advance(now)
+                if propagated is None or self._watermark(now) != propagated:
+                    # every step already saw this watermark (and this `now`) with the batch: don't repeat it
+                    await self._advance(now)
                 if self._store is not None and (
                     now - last_cp_us >= self._cp_interval_us
                     or (self._cp_every is not None and batches_since_cp >= self._cp_every)
@@ -312,13 +315,16 @@ class Runner:
             return END_OF_TIME if all(c.finished for c in self._clocks.values()) else NO_WATERMARK
         return min(marks)
 
-    async def _on_batch(self, sid: str, df: pl.DataFrame, now: int) -> None:
+    async def _on_batch(self, sid: str, df: pl.DataFrame, now: int) -> int:
+        """Ingest and push one source batch; returns the watermark the steps saw."""
         ctx = self._ctx[sid]
         ctx.now_us = now
         self.metrics.records_in[sid] += df.height
         others = [c.watermark for s, c in self._clocks.items() if s != sid and not c.finished and not c.silent(now)]
         batch = ingest_batch(df, self._clocks[sid], ctx, other_watermark=min(others) if others else END_OF_TIME)
-        await self._propagate({(sid, "main"): [batch]} if batch.height else {}, now, self._watermark(now))
+        wm = self._watermark(now)
+        await self._propagate({(sid, "main"): [batch]} if batch.height else {}, now, wm)
+        return wm
 
     async def _advance(self, now: int, *, final: bool = False) -> None:
         wm = END_OF_TIME if final else self._watermark(now)
