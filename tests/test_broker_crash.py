@@ -13,17 +13,16 @@ import threading
 import time
 from pathlib import Path
 
+import nats
 import numpy as np
 import polars as pl
+import psycopg
 import pytest
+from nats.js.api import StreamConfig
 
 from tests.connectors.servers import POSTGRES_CONNINFO, require, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-nats = pytest.importorskip("nats")
-psycopg = pytest.importorskip("psycopg")
-
-from nats.js.api import StreamConfig  # noqa: E402
 
 READINGS = 30_000
 SENSORS = 50

@@ -56,7 +56,7 @@ def test_unknown_connector_key_lists_the_valid_ones(tmp_path: Path) -> None:
 @pytest.mark.server
 def test_redis_stream_to_redis_stream(tmp_path: Path) -> None:
     require("redis")
-    redis = pytest.importorskip("redis.asyncio")
+    import redis.asyncio as redis
     src, out = unique("tg_in"), unique("tg_out")
     built = build(tmp_path, f"""
 source: {{redis: {{key: {src}, group: g, consumer: c1}}}}
@@ -87,8 +87,8 @@ checkpoint: {{dir: state, interval: 200ms}}
 def test_nats_stream_to_postgres_upsert(tmp_path: Path) -> None:
     require("nats")
     require("postgres")
-    nats = pytest.importorskip("nats")
-    psycopg = pytest.importorskip("psycopg")
+    import nats
+    import psycopg
     from nats.js.api import StreamConfig
 
     stream = unique("tgpipe")
@@ -136,7 +136,7 @@ checkpoint: {{dir: state, interval: 200ms}}
 @pytest.mark.server
 def test_file_to_mqtt_topic_template(tmp_path: Path) -> None:
     require("mosquitto")
-    paho = pytest.importorskip("paho.mqtt.client")
+    import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
     base = unique("tg")

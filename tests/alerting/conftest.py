@@ -18,7 +18,7 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield str(tmp_path / "a.db")
         return
     require("postgres")
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg
     schema = unique("tg_alerts")
     with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")

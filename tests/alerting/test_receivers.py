@@ -121,13 +121,11 @@ def test_email_over_smtp(tmp_path: Path) -> None:
 
 
 def test_mqtt_publish_to_mosquitto(tmp_path: Path) -> None:
-    paho = pytest.importorskip("paho.mqtt.client")
-    try:
-        socket.create_connection(("127.0.0.1", 1883), timeout=1).close()
-    except OSError as exc:
-        if os.environ.get("TIDEGAUGE_REQUIRE_SERVERS") == "1":
-            raise
-        pytest.skip(f"Mosquitto not reachable on 127.0.0.1:1883: {exc}")
+    import paho.mqtt.client as paho
+
+    from tests.connectors.servers import require
+
+    require("mosquitto")
     got: list[dict[str, Any]] = []
     ready = threading.Event()
     arrived = threading.Event()
@@ -157,7 +155,6 @@ def test_mqtt_publish_to_mosquitto(tmp_path: Path) -> None:
 
 
 def test_nats_publish_to_the_real_server(tmp_path: Path) -> None:
-    pytest.importorskip("nats")
     import asyncio
 
     import nats

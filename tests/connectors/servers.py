@@ -36,6 +36,18 @@ def require(server: str) -> None:
     pytest.skip(message)
 
 
+def require_promtool() -> str:
+    """Path of ``promtool`` (Debian's prometheus package); skip, or fail under ``TIDEGAUGE_REQUIRE_SERVERS=1``."""
+    import shutil
+
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        return promtool
+    if os.environ.get("TIDEGAUGE_REQUIRE_SERVERS") == "1":
+        pytest.fail("promtool is required (TIDEGAUGE_REQUIRE_SERVERS=1): apt-get install -y prometheus")
+    pytest.skip("promtool not found (Debian: apt-get install -y prometheus)")
+
+
 def unique(prefix: str) -> str:
     """A name no other test run uses (topics, streams, tables)."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"

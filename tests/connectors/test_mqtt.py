@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import msgspec
+import paho.mqtt.client as paho
 import polars as pl
 import pytest
 
@@ -16,7 +17,6 @@ from tidegauge.dataflow.runner import CheckpointConfig
 from tidegauge.testing import MemorySink, MemorySource
 
 pytestmark = pytest.mark.server
-paho = pytest.importorskip("paho.mqtt.client")
 
 from tidegauge.connectors.mqtt import MqttConnection, MqttSink, MqttSource  # noqa: E402
 

@@ -6,20 +6,19 @@ import asyncio
 from pathlib import Path
 
 import msgspec
+import nats
 import polars as pl
 import pytest
+from nats.js.api import StreamConfig
 
 from tests.connectors.servers import require, rows_in, run_until, unique
+from tidegauge.connectors.nats import NatsSink, NatsSource
 from tidegauge.dataflow import Flow
 from tidegauge.dataflow.runner import CheckpointConfig
 from tidegauge.testing import MemorySink, MemorySource
 
 pytestmark = pytest.mark.server
-nats = pytest.importorskip("nats")
 
-from nats.js.api import StreamConfig  # noqa: E402
-
-from tidegauge.connectors.nats import NatsSink, NatsSource  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import psycopg
 import pytest
 
 from tests.connectors.servers import POSTGRES_CONNINFO, require, unique
@@ -15,7 +16,6 @@ from tidegauge.dataflow.runner import CheckpointConfig
 from tidegauge.testing import MemorySource
 
 pytestmark = pytest.mark.server
-psycopg = pytest.importorskip("psycopg")
 
 from tidegauge.connectors.postgres import PostgresSink, PostgresSinkState  # noqa: E402
 

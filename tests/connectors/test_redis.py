@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import polars as pl
 import pytest
+import redis.asyncio as aredis
 
 from tests.connectors.servers import require, rows_in, run_until, unique
 from tidegauge.dataflow import Flow
@@ -15,7 +16,6 @@ from tidegauge.dataflow.runner import CheckpointConfig
 from tidegauge.testing import MemorySink, MemorySource
 
 pytestmark = pytest.mark.server
-aredis = pytest.importorskip("redis.asyncio")
 
 from tidegauge.connectors.redis import RedisSink, RedisSource  # noqa: E402
 

@@ -6,11 +6,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+import sklearn  # noqa: F401  (the [ml]/dev extra installs it: missing is a failure)
 
 import tidegauge.detectors.isolation_forest as iforest_mod
 from tidegauge.detectors import IsolationForest
-
-pytest.importorskip("sklearn")
 
 
 def _frame(n: int, seed: int = 0, group: str = "t") -> pl.DataFrame:

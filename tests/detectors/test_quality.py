@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
+import tidegauge.evaluate.sim as sim_eval
+import tidegauge.simulate as simulate
 from tidegauge.dataflow.keys import KeyDictionary
 from tidegauge.detectors import default_detector
-
-simulate = pytest.importorskip("tidegauge.simulate")
-sim_eval = pytest.importorskip("tidegauge.evaluate.sim")
 
 FIELDS = ["temperature", "vibration", "power_consumption"]
 

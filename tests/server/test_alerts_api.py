@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from typer.testing import CliRunner
 
 import tidegauge.cli.alerts  # noqa: F401  (registers the commands)
 from tests.alerting.helpers import T0, Recorder
+from tests.connectors.servers import require_promtool
 from tests.server.helpers import TOKENS, auth, server_config
 from tidegauge._time import ManualClock
 from tidegauge.alerting import AlertManager, AlertStep, parse_config
@@ -213,11 +211,7 @@ def test_alerting_metrics_on_the_metrics_endpoint(tmp_path: Path) -> None:
     assert 'tidegauge_alert_notifications_failed_total{receiver="rec"} 0.0' in text
     assert 'tidegauge_alert_rule_evaluation_seconds_count{rule="hot"} 1.0' in text
     assert 'tidegauge_alert_rule_evaluation_seconds_bucket{le="+Inf",rule="hot"} 1.0' in text
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("TIDEGAUGE_REQUIRE_SERVERS") == "1":
-            pytest.fail("promtool is required (TIDEGAUGE_REQUIRE_SERVERS=1): apt-get install -y prometheus")
-        pytest.skip("promtool not found (Debian: apt-get install -y prometheus)")
+    promtool = require_promtool()
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -13,6 +11,7 @@ import httpx
 import msgspec
 import pytest
 
+from tests.connectors.servers import require_promtool
 from tests.server.helpers import TOKENS, server_config
 from tidegauge.connectors.http import HttpIngestSource
 from tidegauge.dataflow import CheckpointConfig, Flow, Runner
@@ -78,11 +77,7 @@ def test_http_and_websocket_ingest_on_a_real_server(tmp_path: Path) -> None:
 
 
 def test_metrics_pass_promtool(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("TIDEGAUGE_REQUIRE_SERVERS") == "1":
-            pytest.fail("promtool is required (TIDEGAUGE_REQUIRE_SERVERS=1): apt-get install -y prometheus")
-        pytest.skip("promtool not found (Debian: apt-get install -y prometheus)")
+    promtool = require_promtool()
 
     async def body(addr: str, runner: Runner, source: HttpIngestSource) -> str:
         async with httpx.AsyncClient(base_url=f"http://{addr}",

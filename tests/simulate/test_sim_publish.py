@@ -46,7 +46,7 @@ def test_token_flag_shows_its_environment_variable() -> None:
 @pytest.mark.server
 def test_redis() -> None:
     require("redis")
-    redis = pytest.importorskip("redis")
+    import redis
     key = unique("tg_sim")
     simulate(f"redis://127.0.0.1:6379/{key}")
     client = redis.Redis()
@@ -63,7 +63,7 @@ def test_redis() -> None:
 @pytest.mark.server
 def test_nats() -> None:
     require("nats")
-    nats = pytest.importorskip("nats")
+    import nats
     from nats.js.api import StreamConfig
 
     stream = unique("tgsim")
@@ -96,7 +96,7 @@ def test_nats() -> None:
 @pytest.mark.server
 def test_mqtt() -> None:
     require("mosquitto")
-    paho = pytest.importorskip("paho.mqtt.client")
+    import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
     base = unique("tgsim")
@@ -122,8 +122,6 @@ def test_mqtt() -> None:
 
 
 def test_http(tmp_path: Path) -> None:
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("httpx")
     import socket
 
     from tidegauge.cli.serve import build_served_pipeline
