@@ -60,5 +60,8 @@ def test_every_row_is_accounted_for(tmp_path: Path) -> None:
     # the reasons say why, and the counters agree with the sinks
     reasons = dead["reason"].to_list()
     assert any(r.startswith("future: timestamp is") for r in reasons)
+    # the distance stated is from the watermark (or the first batch's median): about future_by (2h)
+    ahead = [float(r.split()[3].rstrip("s")) for r in reasons if r.startswith("future:")]
+    assert ahead and all(600 < a < 3 * 7200 for a in ahead), sorted(ahead)[-3:]
     assert sum(result.dead_letters.values()) == dead.height
     assert result.late == late.height

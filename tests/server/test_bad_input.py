@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from tests.server.helpers import TOKENS, harness
 
-_TS = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:01.5+02:00", "2026-01-01t00:00:02z", 1767225603, 1767225604.25]
+# all within max_future (1h) of each other: a record far ahead of the rest is (rightly) dead-lettered by the
+# flow as "future", which this test does not count as a validation reject
+_TS = ["2026-01-01T00:00:00Z", "2026-01-01T00:30:01.5+00:30", "2026-01-01t00:00:02z", 1767225603, 1767225604.25]
 _valid = st.builds(
     lambda s, ts, t: {"sensor_id": s, "timestamp": ts, "temperature": t},
     st.text(min_size=1, max_size=20), st.sampled_from(_TS),
@@ -72,8 +74,11 @@ def test_bad_input_never_5xx_and_rejects_equal_dead_letters(requests: list[Any])
                 if r.status_code in (200, 400) and "accepted" in r.json():
                     answer = r.json()
                     assert all(x["reason"] for x in answer["rejected"])
-                    if kind == "ingest":
-                        assert answer["accepted"] + len(answer["rejected"]) == sum(1 for x in a if x.strip())
+                    # a body without a content type that starts with "[" is read as one JSON array
+                    sniffed_json = b is None and body[:256].lstrip()[:1] == b"["
+                    if kind == "ingest" and not sniffed_json:
+                        lines = [x for x in body.split(b"\n") if x.strip()]
+                        assert answer["accepted"] + len(answer["rejected"]) == len(lines)
                     accepted += answer["accepted"]
                     rejects += len(answer["rejected"])
                 else:

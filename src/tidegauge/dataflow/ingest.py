@@ -83,7 +83,7 @@ def ingest_batch(
         rows = df.filter(fut)
         reason = pl.format(
             "future: timestamp is {}s ahead of the watermark (max_future {})",
-            ((pl.col(TS) - pl.col(WM)) / 1_000_000).round(3),
+            ((pl.col(TS) - pl.max_horizontal(pl.col(WM), pl.lit(clock.future_ref))) / 1_000_000).round(3),
             pl.lit(limit),
         )
         ctx.dead_letter(rows, rows.select(reason).to_series())

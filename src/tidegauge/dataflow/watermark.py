@@ -99,6 +99,9 @@ class SourceClock:
         self.floor = NO_WATERMARK if snapshot is None else snapshot.floor
         self.finished = False if snapshot is None else snapshot.finished
         self.last_arrival_us: int | None = None
+        # what the last batch's future check compared against: the watermark, or (before there is one)
+        # the first batch's median; the dead-letter reason reports the distance from it
+        self.future_ref: int = NO_WATERMARK
 
     @property
     def watermark(self) -> int:
@@ -119,6 +122,7 @@ class SourceClock:
         wm, future, m = _assign(
             ts, self.max_event, self.floor, cfg.max_delay, cfg.max_future or 0, check, future_ref
         )
+        self.future_ref = future_ref
         self.max_event = int(m)
         return wm, future
 

@@ -220,13 +220,15 @@ class _ObserveMiddleware:
 
 
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
-                started: asyncio.Event | None = None, handle_signals: bool = True) -> Any:
+                alerts: AlertManager | None = None, started: asyncio.Event | None = None,
+                handle_signals: bool = True) -> Any:
     """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
     when ``handle_signals``, and only from the main thread) the server stops accepting requests, then the
     runner finishes its batch, checkpoints and stops, and :func:`serve` returns normally; records
     acknowledged but not yet processed stay in the intake log and are replayed on the next start.
+    ``alerts`` is passed to :func:`build_app` (the alert and silence endpoints).
     """
     try:
         import uvicorn
@@ -234,7 +236,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         from tidegauge.errors import MissingDependencyError
 
         raise MissingDependencyError("uvicorn", "server") from exc
-    app = build_app(runner, config, environ=environ)
+    app = build_app(runner, config, environ=environ, alerts=alerts)
     state: ServerState = app.state.tg
     tls: dict[str, Any] = {}
     if config.tls is not None:
