@@ -15,6 +15,8 @@
     batch: {max_rows: 65536, max_delay: 5ms}
 
     server: {port: 8080, tokens: [...]}  # optional: serve HTTP (tidegauge.server.ServerConfig)
+    alerts: {rules: rules.yaml, store: alerts.db, streams: [readings, windows]}  # optional: alert rules
+                                         # (tidegauge.alerting.pipeline_section)
 
 Sources: ``{file: PATH, format?, speed?}``, ``{simulator: {sensors, rate, seed, ...}, limit?}``,
 ``{mqtt: {topics, host, port, qos, session, ack, template, ...}}``,
@@ -211,6 +213,8 @@ class PipelineConfig(msgspec.Struct, **_Strict):
     batch: BatchSection = BatchSection()
     server: dict[str, Any] | None = None
     """validated by :func:`server_config` (kept raw here: the server package is an optional extra)"""
+    alerts: dict[str, Any] | None = None
+    """validated (and its rules file loaded) by :func:`tidegauge.alerting.pipeline_section.alerts_section`"""
 
 
 _STEP_KINDS = ("filter", "select", "with_columns", "key_by", "enrich", "window", "detect")
@@ -245,6 +249,13 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     if config.server is not None:
         try:
             server_config(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if config.alerts is not None:
+        from tidegauge.alerting.pipeline_section import alerts_section
+
+        try:
+            alerts_section(config.alerts, base_dir=path.parent)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return config
@@ -348,6 +359,8 @@ class BuiltPipeline:
     checkpoint: CheckpointConfig | None
     max_batch: int
     max_delay: str
+    alerting: Any = None
+    """the ``alerts:`` section's :class:`~tidegauge.alerting.pipeline_section.PipelineAlerting` (or ``None``)"""
 
 
 def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> BuiltPipeline:
@@ -364,12 +377,17 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
     streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time) for i, s in enumerate(sources)]
     stream = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
     last_window: Stream | None = None
+    readings: Stream | None = None  # the records entering the first window step (what `alerts` calls readings)
+    windows: list[Stream] = []
     for i, step in enumerate(config.steps):
         kind, params = next(iter(step.items()))
         where = f"$.steps[{i}].{kind}"
+        if kind == "window" and readings is None:
+            readings = stream
         stream = _step(stream, kind, params, where, base)
         if kind == "window":
             last_window = stream
+            windows.append(stream)
     sinks = [] if config.sink is None else config.sink if isinstance(config.sink, list) else [config.sink]
     for i, s in enumerate(sinks):
         stream.sink(_sink(s, base, "$.sink" if not isinstance(config.sink, list) else f"$.sink[{i}]"), name=s.name)
@@ -384,7 +402,12 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
     if config.checkpoint is not None:
         c = config.checkpoint
         cp = CheckpointConfig(base / c.dir, interval=c.interval, every_batches=c.every_batches, keep=c.keep)
-    return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay)
+    alerting = None
+    if config.alerts is not None:
+        from tidegauge.alerting.pipeline_section import build_alerts
+
+        alerting = build_alerts(config.alerts, flow, readings=readings or stream, windows=windows, base_dir=base)
+    return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay, alerting)
 
 
 def _source(s: SourceConfig, base: Path, i: int, config: PipelineConfig) -> Any:

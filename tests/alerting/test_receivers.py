@@ -6,12 +6,8 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.alerting.helpers import T0, batch
 from tidegauge._time import ManualClock
@@ -24,27 +20,6 @@ def _cfg(receiver: dict[str, Any]) -> Any:
         "route": {"receiver": receiver["name"], "group_wait": "0s", "group_interval": "1m"},
         "receivers": [receiver],
     })
-
-
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
-    server.shutdown()
-    server.server_close()
 
 
 def test_webhook_payload_is_alertmanager_compatible(tmp_path: Path, http_server: Any) -> None:

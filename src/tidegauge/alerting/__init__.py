@@ -4,7 +4,10 @@ forget.
 
 The contract: a :class:`AlertManager` is driven by a clock through ``evaluate(df, now)`` (after each batch)
 and ``tick(now)`` (time passing), both returning the alert transitions as rows
-(``at, fingerprint, rule, severity, state, labels``). :class:`AlertStep` runs it inside a flow.
+(``at, fingerprint, rule, severity, state, labels``). :class:`AlertStep` runs it inside a flow;
+:func:`watch` puts one shared manager on several streams, :func:`watch_health` adds the flow's own health
+records (:class:`RunnerHealthSource`), :func:`default_alerting` is the demo's ready-made manager, and a
+pipeline file's ``alerts:`` section (:mod:`.pipeline_section`) does all of it from YAML.
 Notifications are Alertmanager webhook payloads (version 4).
 """
 
@@ -22,12 +25,14 @@ from tidegauge.alerting.config import (
     parse_config,
 )
 from tidegauge.alerting.dispatch import DeliveryPolicy, Dispatcher
+from tidegauge.alerting.health import RunnerHealthSource
 from tidegauge.alerting.lifecycle import Alert, fingerprint
 from tidegauge.alerting.manager import AlertManager
 from tidegauge.alerting.notifiers import LogNotifier, Notifier, WebhookNotifier, build_payload
 from tidegauge.alerting.routing import Matcher, Silence
 from tidegauge.alerting.step import AlertStep
 from tidegauge.alerting.store import AlertStore, open_store
+from tidegauge.alerting.wiring import default_alerting, watch, watch_health
 
 __all__ = [
     "Alert",
@@ -45,12 +50,16 @@ __all__ = [
     "ReceiverConfig",
     "RouteConfig",
     "RuleConfig",
+    "RunnerHealthSource",
     "Silence",
     "WebhookNotifier",
     "build_payload",
+    "default_alerting",
     "default_config",
     "fingerprint",
     "load_config",
     "open_store",
     "parse_config",
+    "watch",
+    "watch_health",
 ]

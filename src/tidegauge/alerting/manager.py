@@ -109,6 +109,7 @@ class AlertManager:
                     for r in config.receivers}
         self.dispatcher = Dispatcher(self.store, built, policies=policies, clock=self.clock)
         self.delivery = delivery
+        self._delivery_closed = False
         self.retention_us = parse_duration(config.resolved_retention)
         self.eval_seconds: dict[str, float] = {}
         self.evaluations: Counter[str] = Counter()
@@ -422,13 +423,24 @@ class AlertManager:
                 "notifications_dropped_total": dict(st.dropped),
             }
 
+    def close_delivery(self) -> None:
+        """Stop the delivery workers after one last attempt at what is due (idempotent; :meth:`close` calls it)."""
+        if self._delivery_closed:
+            return
+        self._delivery_closed = True
+        self.dispatcher.stop()
+        if self.delivery == "background":
+            self.dispatcher.deliver_due()
+
     def close(self) -> None:
-        """Persist per-key rule state, stop delivery workers, close the store (if this manager opened it)."""
+        """Persist per-key rule state, stop delivery workers (after one last attempt at what is due, so the
+        last pages of a finite run are not left waiting in the outbox), close the store (if this manager
+        opened it)."""
         with self._lock:
             states = self._rule_states({r.name for r in self.rules})
             if states:
                 with self.store.transaction() as conn:
                     self.store.save_rule_state(conn, states)
-        self.dispatcher.stop()
+        self.close_delivery()
         if self._own_store:
             self.store.close()

@@ -18,7 +18,7 @@ import polars as pl
 from tidegauge.alerting.config import AlertingConfig
 from tidegauge.alerting.manager import AlertManager
 from tidegauge.alerting.notifiers import Notifier
-from tidegauge.dataflow.base import StepContext, drop_internal
+from tidegauge.dataflow.base import KEY_ID, WM, StepContext
 
 __all__ = ["AlertStep", "AlertStepSnapshot"]
 
@@ -76,7 +76,9 @@ class _AlertLogic:
         return self.manager
 
     def process(self, df: pl.DataFrame, ctx: StepContext) -> pl.DataFrame | None:
-        out = self._manager(ctx).evaluate(drop_internal(df), ctx.now_us)
+        # the internal event time stays: rules needing event time read it (window results have no
+        # `timestamp` column); the key id and watermark columns mean nothing to a rule
+        out = self._manager(ctx).evaluate(df.drop([c for c in (KEY_ID, WM) if c in df.columns]), ctx.now_us)
         return out if out.height else None
 
     def on_watermark(self, ctx: StepContext) -> pl.DataFrame | None:

@@ -264,6 +264,10 @@ class AlertStore:
                 "WHERE id = ?", (state, attempts, next_attempt, delivered_at, error, entry_id)
             )
 
+    def notification_counts(self) -> dict[str, int]:
+        """Notifications in the log by state (``pending``, ``sent``, ``failed``, ``dropped``)."""
+        return {str(st): int(n) for st, n in self._read("SELECT state, COUNT(*) FROM notifications GROUP BY state")}
+
     def notifications(self, *, limit: int = 1000) -> list[OutboxEntry]:
         """The notification log, oldest first."""
         rows = self._read("SELECT * FROM notifications ORDER BY id LIMIT ?", (limit,))

@@ -44,31 +44,36 @@ def run(
         cp = CheckpointConfig(checkpoint_dir, interval=cp.interval if cp else "10s", keep=cp.keep if cp else 3)
     console = Console()
     if config.server is not None:
-        from tidegauge.cli.serve import served_runner
-        from tidegauge.server import serve as _serve
+        from tidegauge.cli.serve import run_served, served_runner
 
         runner, server = served_runner(pipeline, config, built, checkpoint=cp)
         # serve() handles SIGINT/SIGTERM itself: stop accepting requests, then checkpoint and stop the flow
-        result = asyncio.run(_serve(runner, server, environ=os.environ))
+        result = run_served(runner, server, built.alerting, environ=os.environ)
         if not quiet:
-            _summary(console, config.name, built.flow, result)
+            _summary(console, config.name, built.flow, result, built.alerting)
         return
     runner = Runner(built.flow, checkpoint=cp, max_batch=built.max_batch, max_delay=built.max_delay)
+    if built.alerting is not None:
+        built.alerting.attach(runner)
 
     def _stop(signum: int, frame: object) -> None:
         runner.stop()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    if quiet or not console.is_terminal:
-        result = runner.run()
-    else:
-        result = asyncio.run(_run_with_progress(runner, built.flow, console))
+    try:
+        if quiet or not console.is_terminal:
+            result = runner.run()
+        else:
+            result = asyncio.run(_run_with_progress(runner, built.flow, console))
+    finally:
+        if built.alerting is not None:
+            built.alerting.close()  # delivers what is due once more, then stops the delivery threads
     if not quiet:
-        _summary(console, config.name, built.flow, result)
+        _summary(console, config.name, built.flow, result, built.alerting)
 
 
-def _summary(console: Console, name: str, flow: Any, result: Any) -> None:
+def _summary(console: Console, name: str, flow: Any, result: Any, alerting: Any = None) -> None:
     restored = f", resumed from checkpoint {result.restored_from}" if result.restored_from is not None else ""
     console.print(
         f"[bold]{name}[/]: {result.records_in:,} records in, "
@@ -79,6 +84,8 @@ def _summary(console: Console, name: str, flow: Any, result: Any) -> None:
     )
     for reason, n in sorted(result.dead_letters.items()):
         console.print(f"  dead letters: {n:,} {reason}", highlight=False)
+    if alerting is not None:
+        console.print(f"  {alerting.summary()}", highlight=False)
 
 
 async def _run_with_progress(runner: Any, flow: Any, console: Console) -> Any:

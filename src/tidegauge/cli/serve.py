@@ -46,12 +46,32 @@ def serve(
     if hash_token is not None:
         typer.echo(_hash(hash_token))
         return
-    runner, config = build_served_pipeline(pipeline, host=host, port=port)
-    from tidegauge.server import serve as _serve
+    from tidegauge.pipeline import build_pipeline, load_pipeline
 
-    result = asyncio.run(_serve(runner, config, environ=os.environ))
+    loaded = load_pipeline(pipeline)
+    if loaded.server is None:
+        raise ConfigError(f"{pipeline}: add a 'server:' section (e.g. 'server: {{port: 8080}}') to serve this "
+                          "pipeline")
+    built = build_pipeline(loaded, base_dir=pipeline.parent)
+    runner, config = served_runner(pipeline, loaded, built, host=host, port=port)
+    result = run_served(runner, config, built.alerting, environ=os.environ)
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "
                f"{result.checkpoints} checkpoints")
+    if built.alerting is not None:
+        typer.echo(built.alerting.summary())
+
+
+def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any) -> Any:
+    """Serve ``runner`` (with the alert API when the pipeline has an ``alerts:`` section) until it ends or a
+    signal stops it; the alert manager is closed afterwards."""
+    from tidegauge.server import serve as _serve
+
+    try:
+        return asyncio.run(_serve(runner, server, environ=environ,
+                                  alerts=None if alerting is None else alerting.manager))
+    finally:
+        if alerting is not None:
+            alerting.close()
 
 
 def build_served_pipeline(path: Path, *, host: str | None = None, port: int | None = None) -> tuple[Any, Any]:
@@ -77,4 +97,6 @@ def served_runner(path: Path, config: Any, built: Any, *, host: str | None = Non
     cp = checkpoint or built.checkpoint or CheckpointConfig(path.parent / "checkpoints",
                                                             interval=_DEFAULT_CHECKPOINT_INTERVAL)
     runner = Runner(built.flow, checkpoint=cp, max_batch=built.max_batch, max_delay=built.max_delay)
+    if built.alerting is not None:
+        built.alerting.attach(runner)
     return runner, server

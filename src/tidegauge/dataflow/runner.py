@@ -143,6 +143,14 @@ class Runner:
         """Each source's position after the last batch the flow processed (what a checkpoint records)."""
         return dict(getattr(self, "_positions", {}))
 
+    def sources_finished(self) -> dict[str, bool]:
+        """Whether each source of the running flow is exhausted (empty before the run starts).
+
+        A live source that reports on the others (e.g. :class:`~tidegauge.alerting.health.RunnerHealthSource`)
+        ends once they all have, so a finite run still finishes.
+        """
+        return {sid: c.finished for sid, c in getattr(self, "_clocks", {}).items()}
+
     def stop(self) -> None:
         """Ask a running flow to finish its batch, checkpoint and stop (thread-safe enough for signals)."""
         self._stop_requested = True

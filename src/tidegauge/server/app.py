@@ -128,6 +128,7 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
         routes += alert_routes(alerts)
     app = Starlette(routes=routes)
     app.state.tg = state
+    app.state.alerts = alerts
     app.add_middleware(_ObserveMiddleware, state=state)
     return app
 
@@ -177,7 +178,8 @@ async def openapi(request: Request) -> Response:
     who = state.authorize(request.headers.get("authorization"), None)
     if isinstance(who, Response):
         return who
-    return json_response(openapi_schema(state.validator.record))
+    alerts = getattr(request.app.state, "alerts", None)
+    return json_response(openapi_schema(state.validator.record, alerts=alerts is not None))
 
 
 _ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/sensors", "/api/v1/windows", "/api/v1/anomalies",
