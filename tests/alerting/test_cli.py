@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -12,8 +13,9 @@ from tidegauge.alerting import AlertManager, parse_config
 from tidegauge.cli import app
 
 
-def test_alerts_ls_and_silences(tmp_path: Path) -> None:
-    db = tmp_path / "alerts.db"
+def test_alerts_ls_and_silences(store_target: str) -> None:
+    """The same commands on a SQLite file and on PostgreSQL (a postgresql:// URL as --db)."""
+    db = store_target
     cfg = parse_config({"rules": [{"name": "hot", "expr": "temperature > 40", "severity": "critical"}],
                         "route": {"receiver": "log"}, "receivers": [{"name": "log", "kind": "log"}]})
     clock = ManualClock(T0)
@@ -33,3 +35,15 @@ def test_alerts_ls_and_silences(tmp_path: Path) -> None:
     assert r.invoke(app, ["silence", "expire", sid, "--db", str(db)]).exit_code == 0
     assert json.loads(r.invoke(app, ["silence", "ls", "--db", str(db), "--json"]).output) == []
     assert r.invoke(app, ["silence", "expire", sid, "--db", str(db)]).exit_code != 0
+    # a silence made with the CLI is seen by a manager on the same store
+    out = r.invoke(app, ["silence", "add", "sensor_id=a", "--duration", "1h", "--db", str(db)])
+    m = AlertManager(cfg, store=db, clock=clock, notifiers={"log": Recorder("log", clock)})
+    try:  # the CLI stamps silences with the wall clock
+        assert m.muted(time.time_ns() // 1000) == {rows[0]["fingerprint"]: f"silence:{out.output.strip()}"}
+    finally:
+        m.close()
+
+
+def test_missing_sqlite_file_is_an_error(tmp_path: Path) -> None:
+    out = CliRunner().invoke(app, ["alerts", "ls", "--db", str(tmp_path / "typo.db")])
+    assert out.exit_code != 0 and not (tmp_path / "typo.db").exists()

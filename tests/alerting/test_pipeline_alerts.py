@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 import polars as pl
+import psycopg
 import pytest
 
+from tests.connectors.servers import POSTGRES_CONNINFO, require, unique
 from tidegauge.alerting import AlertStore
 from tidegauge.errors import ConfigError
 from tidegauge.pipeline import load_pipeline
@@ -113,6 +115,33 @@ def test_a_receiver_that_is_down_never_fails_the_pipeline(tmp_path: Path) -> Non
     assert "notifications: 0 sent" in summary
 
 
+def test_alert_state_in_postgresql(tmp_path: Path, http_server: Any) -> None:
+    """``alerts.store`` as a postgresql:// URL: the pipeline and the CLI share the alert state there."""
+    require("postgres")
+    url, got = http_server
+    readings = _files(tmp_path, url)
+    schema = unique("tg_pipe_alerts")
+    with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        db = f"{POSTGRES_CONNINFO}?options=-csearch_path%3D{schema}"
+        (tmp_path / "pipeline.yaml").write_text(PIPELINE.replace("store: state/alerts.db", f'store: "{db}"'))
+        done = _tidegauge(tmp_path, "run", "pipeline.yaml")
+        assert done.returncode == 0, done.stderr
+        assert len(got) == 2
+        ls = _tidegauge(tmp_path, "alerts", "ls", "--db", db, "--json", "--state", "firing")
+        assert ls.returncode == 0, ls.stderr
+        hot = readings.filter(pl.col("temperature") > 30)["sensor_id"].unique().sort().to_list()
+        assert sorted(a["labels"]["sensor_id"] for a in json.loads(ls.stdout) if a["rule"] == "Hot") == hot
+        assert not (tmp_path / "state").exists()
+        with psycopg.connect(db) as conn:
+            (n,) = conn.execute("SELECT COUNT(*) FROM notifications WHERE state = 'sent'").fetchone() or (0,)
+        assert n == 2
+    finally:
+        with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,7 +217,8 @@ alerts: {{rules: rules.yaml, store: alerts.db, streams: [readings, health]}}
     assert proc.returncode == 0, err
     assert "notifications: 1 sent" in " ".join(out.split())
     ls = _tidegauge(tmp_path, "alerts", "ls", "--db", "alerts.db", "--json")
-    assert {a["labels"]["sensor_id"]: (a["ack"] or {}).get("by") for a in json.loads(ls.stdout)} == {"S1": "ana", "S3": None}
+    acks = {a["labels"]["sensor_id"]: (a["ack"] or {}).get("by") for a in json.loads(ls.stdout)}
+    assert acks == {"S1": "ana", "S3": None}
 
 
 @pytest.mark.parametrize(("section", "rules", "where", "fix"), [

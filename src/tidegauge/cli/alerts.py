@@ -1,4 +1,10 @@
-"""``tidegauge alerts ls|ack`` and ``tidegauge silence add|ls|expire`` on the persisted alert state (SQLite)."""
+"""``tidegauge alerts ls`` and ``tidegauge silence add|ls|expire`` on the persisted alert state.
+
+``--db`` is the pipeline's alert store: a SQLite file (``alerts.db``) or a ``postgresql://`` URL (needs
+``pip install 'tidegauge[postgres]'``), the ``store`` of the pipeline file's ``alerts:`` section. The
+commands work while the pipeline runs: a silence added here is seen by the running pipeline within one
+evaluation.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from rich.table import Table
 
 from tidegauge._time import parse_duration
 from tidegauge.alerting.lifecycle import iso
-from tidegauge.alerting.store import AlertStore
+from tidegauge.alerting.store import AlertStore, open_store
 from tidegauge.cli import app
 
 __all__ = ["alerts_app", "silence_app"]
@@ -27,8 +33,8 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(silence_app, name="silence")
 console = Console()
 
-DbOpt = Annotated[Path, typer.Option("--db", help="Alert state database (the pipeline's alerting store).",
-                                     envvar="TIDEGAUGE_ALERTS_DB", show_envvar=True)]
+DbOpt = Annotated[str, typer.Option("--db", help="Alert store: a SQLite file or a postgresql:// URL (the "
+                                    "pipeline's alerts.store).", envvar="TIDEGAUGE_ALERTS_DB", show_envvar=True)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.",
                                        envvar="TIDEGAUGE_JSON", show_envvar=True)]
 
@@ -37,10 +43,15 @@ def _now() -> int:
     return time.time_ns() // 1_000
 
 
-def _store(db: Path) -> AlertStore:
-    if not db.exists():
-        raise FileNotFoundError(f"{db}: no alert database here; pass --db with the pipeline's alerting store")
-    return AlertStore(db)
+def _is_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def _store(db: str, *, create: bool = False) -> AlertStore:
+    """The store at ``db``; a SQLite file must exist unless ``create`` (a typo would make an empty one)."""
+    if not _is_url(db) and not create and not Path(db).exists():
+        raise FileNotFoundError(f"{db}: no alert database here; pass --db with the pipeline's alerts.store")
+    return open_store(db)
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -55,7 +66,7 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 @alerts_app.command("ls")
 def alerts_ls(
-    db: DbOpt = Path("alerts.db"),
+    db: DbOpt = "alerts.db",
     state: Annotated[str | None, typer.Option(help="pending, firing or resolved.", envvar="TIDEGAUGE_ALERT_STATE",
                                               show_envvar=True)] = None,
     severity: Annotated[str | None, typer.Option(help="critical, major, minor, warning or info.",
@@ -75,7 +86,7 @@ def alerts_ls(
     if as_json:
         typer.echo(json.dumps([a.to_dict() for a in alerts], indent=2))
         return
-    table = Table(title=f"{len(alerts)} alerts in {db}")
+    table = Table(title=f"{len(alerts)} alerts in {store.path}")
     for col in ("fingerprint", "rule", "state", "severity", "labels", "since", "ack", "summary"):
         table.add_column(col)
     for a in alerts:
@@ -93,10 +104,10 @@ def silence_add(
                                           envvar="TIDEGAUGE_SILENCE_DURATION", show_envvar=True)] = "2h",
     by: Annotated[str, typer.Option("--by", help="Who creates it.", envvar="USER", show_envvar=True)] = "cli",
     comment: Annotated[str, typer.Option(help="Why.", envvar="TIDEGAUGE_SILENCE_COMMENT", show_envvar=True)] = "",
-    db: DbOpt = Path("alerts.db"),
+    db: DbOpt = "alerts.db",
 ) -> None:
     """Silence the alerts matching every MATCHER for --duration."""
-    store = AlertStore(db)
+    store = _store(db, create=True)  # a silence may be made before the pipeline first runs
     now = _now()
     s = store.add_silence(matcher, starts_at=now, ends_at=now + parse_duration(duration, name="--duration"),
                           created_by=by, comment=comment, now_us=now)
@@ -106,7 +117,7 @@ def silence_add(
 
 @silence_app.command("ls")
 def silence_ls(
-    db: DbOpt = Path("alerts.db"),
+    db: DbOpt = "alerts.db",
     show_expired: Annotated[bool, typer.Option("--expired", help="Include expired silences.",
                                                envvar="TIDEGAUGE_SILENCE_EXPIRED", show_envvar=True)] = False,
     as_json: JsonOpt = False,
@@ -121,7 +132,7 @@ def silence_ls(
                                 "starts_at": iso(s.starts_at), "ends_at": iso(s.ends_at),
                                 "created_by": s.created_by, "comment": s.comment} for s in rows], indent=2))
         return
-    table = Table(title=f"{len(rows)} silences in {db}")
+    table = Table(title=f"{len(rows)} silences in {store.path}")
     for col in ("id", "state", "matchers", "ends", "by", "comment"):
         table.add_column(col)
     for s in rows:
@@ -133,7 +144,7 @@ def silence_ls(
 @silence_app.command("expire")
 def silence_expire(
     silence_id: Annotated[str, typer.Argument(help="The silence id (from `tidegauge silence ls`).")],
-    db: DbOpt = Path("alerts.db"),
+    db: DbOpt = "alerts.db",
 ) -> None:
     """End a silence now."""
     store = _store(db)
