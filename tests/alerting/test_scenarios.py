@@ -84,7 +84,9 @@ def restart(request: pytest.FixtureRequest) -> str | None:
 
 def test_pending_then_firing_then_resolved(store_target: str, restart: str | None) -> None:
     h = Harness(config([HOT]), store_target)
-    h.run(16, lambda t: {"a": 50.0 if t < 300 else 20.0, "b": 20.0}, restart_at=60 if restart else None)
+    # restarts while pending, as it fires, between firing and its page, between resolving and its page
+    h.run(16, lambda t: {"a": 50.0 if t < 300 else 20.0, "b": 20.0},
+          restart_at=[30, 60, 75, 330] if restart else None)
     # pending at 0, firing at 60 (for: 1m), first flush group_wait later; resolved at 300, next flush at 390
     assert h.rec.summary() == [(90, "firing", [("a", "firing")]), (390, "resolved", [("a", "resolved")])]
     p = h.rec.sent[0][1]
@@ -97,7 +99,7 @@ def test_pending_then_firing_then_resolved(store_target: str, restart: str | Non
 
 def test_pending_that_clears_never_notifies(store_target: str, restart: str | None) -> None:
     h = Harness(config([HOT]), store_target)
-    h.run(10, lambda t: {"a": 50.0 if t < 30 else 20.0}, restart_at=30 if restart else None)
+    h.run(10, lambda t: {"a": 50.0 if t < 30 else 20.0}, restart_at=[15, 30] if restart else None)
     assert h.rec.summary() == []
     assert h.manager.list_alerts() == []
 
@@ -105,7 +107,7 @@ def test_pending_that_clears_never_notifies(store_target: str, restart: str | No
 def test_keep_firing_for_delays_resolution(store_target: str, restart: str | None) -> None:
     rule = {**HOT, "keep_firing_for": "2m"}
     h = Harness(config([rule]), store_target)
-    h.run(20, lambda t: {"a": 50.0 if t < 300 else 20.0}, restart_at=330 if restart else None)
+    h.run(20, lambda t: {"a": 50.0 if t < 300 else 20.0}, restart_at=[75, 330, 389] if restart else None)
     # last active at 270: stays firing until 390, resolution notified at the next flush (390 -> 390+... )
     resolved = [a for a in h.manager.list_alerts() if a.state == "resolved"]
     assert resolved and resolved[0].resolved_at == T0 + 390 * S
@@ -115,7 +117,7 @@ def test_keep_firing_for_delays_resolution(store_target: str, restart: str | Non
 def test_keep_firing_for_bridges_a_short_gap(store_target: str, restart: str | None) -> None:
     rule = {**HOT, "keep_firing_for": "2m"}
     h = Harness(config([rule]), store_target)
-    h.run(16, lambda t: {"a": 20.0 if 150 <= t < 210 else 50.0}, restart_at=180 if restart else None)
+    h.run(16, lambda t: {"a": 20.0 if 150 <= t < 210 else 50.0}, restart_at=[165, 180] if restart else None)
     assert h.rec.summary() == [(90, "firing", [("a", "firing")])]
 
 
@@ -123,11 +125,25 @@ def test_many_sensors_grouped_into_one_notification(store_target: str, restart: 
     n = 10_000
     h = Harness(config([{**HOT, "for": "0s"}]), store_target)
     hot = {f"s{i:05d}": 50.0 for i in range(n)}
-    h.run(3, lambda t: hot, restart_at=30 if restart else None)
+    h.run(3, lambda t: hot, restart_at=[15, 30] if restart else None)
     assert len(h.rec.sent) == 1
     t, p = h.rec.sent[0]
     assert (t - T0) // S == 30 and len(p["alerts"]) == n and p["status"] == "firing"
     assert len({a["fingerprint"] for a in p["alerts"]}) == n
+
+
+def test_burst_of_10000_sensors_gives_one_notification_per_group(store_target: str, restart: str | None) -> None:
+    n = 10_000
+    rule = {**HOT, "for": "0s", "by": ["sensor_id", "site"]}
+    h = Harness(config([rule], route={"group_by": ["alertname", "site"]}), store_target)
+    hot = {f"s{i:05d}": 50.0 for i in range(n)}
+    sites = [f"site-{i % 3}" for i in range(n)]
+    h.run(3, lambda t: hot, restart_at=15 if restart else None, site=sites)
+    # one page per site at group_wait (30 s), none at 60: the same alerts are still firing
+    pages = sorted(((t - T0) // S, p["groupLabels"]["site"], len(p["alerts"])) for t, p in h.rec.sent)
+    assert pages == [(30, "site-0", 3334), (30, "site-1", 3333), (30, "site-2", 3333)]
+    for _, p in h.rec.sent:
+        assert {a["labels"]["site"] for a in p["alerts"]} == {p["groupLabels"]["site"]}
 
 
 def test_repeat_interval(store_target: str, restart: str | None) -> None:
@@ -169,10 +185,32 @@ def test_inhibition_mutes_lower_severity(store_target: str, restart: str | None)
     assert names == {"burning": "a", "warm": "b"}
 
 
+def test_inhibition_lifts_when_the_critical_resolves(store_target: str, restart: str | None) -> None:
+    rules = [
+        {"name": "warm", "expr": "temperature > 30", "severity": "warning"},
+        {"name": "burning", "expr": "temperature > 80", "severity": "critical"},
+    ]
+    inhibit = [{"source_matchers": ["severity=critical"], "target_matchers": ["severity=warning"],
+                "equal": ["sensor_id"]}]
+    h = Harness(config(rules, inhibit_rules=inhibit, route={"group_interval": "1m"}), store_target)
+    # a burns until 150, then is only warm; restarts while muted, as the critical resolves, before the page
+    h.run(12, lambda t: {"a": 90.0 if t < 150 else 35.0}, restart_at=[60, 140, 150] if restart else None)
+    got = h.rec.summary()
+    names = [p["groupLabels"]["alertname"] for _, p in h.rec.sent]
+    # 30: burning pages, warm is muted (no page at 30 or 90); 150 (30 + 2 x 1 m): burning resolves in that
+    # evaluation, and the flushes right after page its resolution and warm's first page, now nothing mutes it
+    assert list(zip(got, names, strict=True)) == [
+        ((30, "firing", [("a", "firing")]), "burning"),
+        ((150, "resolved", [("a", "resolved")]), "burning"),
+        ((150, "firing", [("a", "firing")]), "warm"),
+    ]
+
+
 def test_silence_created_and_expiring(store_target: str, restart: str | None) -> None:
     h = Harness(config([{**HOT, "for": "0s"}], route={"group_interval": "1m"}), store_target)
     h.manager.add_silence(["sensor_id=a"], duration="10m", created_by="ops", comment="maintenance")
-    h.run(30, lambda t: {"a": 50.0}, restart_at=300 if restart else None)
+    # restarts while silenced, in the second it expires, between its expiry and the page
+    h.run(30, lambda t: {"a": 50.0}, restart_at=[300, 600, 615] if restart else None)
     # silenced until 600; the next flush after that (group ticks every minute from 30) notifies
     assert h.rec.summary() == [(630, "firing", [("a", "firing")])]
     assert [s.state(h.clock.now_us()) for s in h.manager.silences()] == ["expired"]
@@ -193,7 +231,7 @@ def test_flapping_sensor_is_held_firing(store_target: str, restart: str | None) 
                 store_target)
     # flips every 30 s for 5 minutes, then stays cool
     h.run(60, lambda t: {"a": 50.0 if (t < 300 and (t // 30) % 2 == 0) else 20.0},
-          restart_at=120 if restart else None)
+          restart_at=[120, 500] if restart else None)
     got = h.rec.summary()
     assert got[:4] == [(0, "firing", [("a", "firing")]), (30, "resolved", [("a", "resolved")]),
                        (60, "firing", [("a", "firing")]), (90, "resolved", [("a", "resolved")])]

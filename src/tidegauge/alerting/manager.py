@@ -51,7 +51,7 @@ class _Missing(dict[str, Any]):
 def render(template: str, fields: Mapping[str, Any]) -> str:
     """Fill ``{field}`` placeholders from the record; unknown fields read ``<no value>``."""
     try:
-        return string.Formatter().vformat(template, (), _Missing(fields))
+        return template.format_map(_Missing(fields))  # C-implemented: ~10x string.Formatter().vformat
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         logger.debug("template %r: %s", template, exc)
         return template
@@ -122,6 +122,7 @@ class AlertManager:
             if rule is not None:
                 self._ids[a.rule][self._identity(rule, a.labels)] = a.fingerprint
         self.groups: dict[str, GroupState] = {g.key: g for g in self.store.load_groups()}
+        self._members: dict[str, set[str]] = {}
         for name, blob in self.store.load_rule_state().items():
             if name in self._rules:
                 self._rules[name].restore(blob)
@@ -236,8 +237,12 @@ class AlertManager:
             if g is None:
                 g = self.groups[key] = new_group(route, labels, now)
                 self._gone_groups.discard(key)
-            if alert.fingerprint not in g.alerts:
+            members = self._members.get(key)
+            if members is None:  # a set beside the persisted list: a burst of 10,000 alerts is not O(n^2)
+                members = self._members[key] = set(g.alerts)
+            if alert.fingerprint not in members:
                 g.alerts.append(alert.fingerprint)
+                members.add(alert.fingerprint)
             self._dirty_groups.add(key)
 
     def _step(self, now: int) -> pl.DataFrame:
@@ -293,6 +298,7 @@ class AlertManager:
             receiver = self.receivers.get(g.receiver)
             if route is None or receiver is None:  # the route tree changed since this group was saved
                 route = self.route
+            self._members.pop(g.key, None)  # the flush rewrites the group's member list
             res = flush_group(g, route, self.alerts, muted, send_resolved=receiver.send_resolved if receiver else True,
                               external_url=self.config.external_url, now_us=now)
             if res.payload is not None:
