@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from tidegauge._time import parse_duration, timestamp_column_to_micros
@@ -154,24 +155,31 @@ class RateRule(ConditionRule):
     def evaluate(self, df: pl.DataFrame, now_us: int, held: set[str]) -> pl.DataFrame | None:
         if self.time_column not in df.columns and TS not in df.columns:
             return None
-        cur = df.with_columns(
-            self.id_expr().alias(ID),
-            event_time_us(df, self.time_column).alias("_t"),
-            pl.col(self.value_column).cast(pl.Float64).alias("_v"),
-            pl.lit(False).alias("_prev"),
-        )
-        prev = self._last.filter(pl.col(ID).is_in(cur[ID].unique().implode())).with_columns(pl.lit(True).alias("_prev"))
-        both = pl.concat([prev, cur.select(ID, "_t", "_v", "_prev", pl.int_range(pl.len()).alias("_row"))],
-                         how="diagonal").sort([ID, "_t"], maintain_order=True)
-        both = both.with_columns(
-            ((pl.col("_v") - pl.col("_v").shift(1).over(ID))
-             / (pl.col("_t") - pl.col("_t").shift(1).over(ID)).cast(pl.Float64) * self.per_us).alias("_rate")
-        )
-        rates = both.filter(~pl.col("_prev")).sort("_row")["_rate"]
-        self._last = pl.concat([self._last.filter(~pl.col(ID).is_in(cur[ID].unique().implode())),
-                                cur.select(ID, "_t", "_v").unique(ID, keep="last")])
-        out = cur.drop("_t", "_v", "_prev").with_columns(rates.fill_nan(None).alias(self.rate_column))
-        return super().evaluate(out.drop(ID), now_us, held)
+        cur = pl.DataFrame({
+            ID: df.select(self.id_expr()).to_series(),
+            "_t": event_time_us(df, self.time_column),
+            "_v": df[self.value_column].cast(pl.Float64),
+        }).with_row_index("_row")
+        # the previous record of each identity (row -1) sorts before this batch's records at equal time; one
+        # sort, then plain shifts: a row's predecessor is the row above it when the identity is the same.
+        # Sorting on the identity's 64-bit hash is ~3x faster than on the string; a collision (p ~ 1e-19 per
+        # pair) could only hide a rate (`same` compares the identities themselves), never invent one.
+        both = pl.concat([self._last.select(ID, "_t", "_v", pl.lit(-1, dtype=pl.Int64).alias("_row")),
+                          cur.select(ID, "_t", "_v", pl.col("_row").cast(pl.Int64))])
+        both = both.with_columns(pl.col(ID).hash().alias("_h")).sort(["_h", "_t", "_row"])
+        same = pl.col(ID) == pl.col(ID).shift(1)
+        dt = pl.col("_t") - pl.col("_t").shift(1)
+        rate = (pl.when(same & (dt > 0))  # no rate between two readings stamped alike
+                .then((pl.col("_v") - pl.col("_v").shift(1)) / dt.cast(pl.Float64) * self.per_us)
+                .otherwise(None))
+        both = both.with_columns(rate.alias("_rate"))
+        mine = both.filter(pl.col("_row") >= 0)
+        values = np.empty(cur.height, dtype=np.float64)
+        values[mine["_row"].to_numpy()] = mine["_rate"].to_numpy()  # back in batch order, without a sort
+        rates = pl.Series(self.rate_column, values)
+        self._last = both.select(ID, "_t", "_v").unique(ID, keep="last", maintain_order=True)
+        out = df.with_columns(rates.fill_nan(None).alias(self.rate_column))
+        return super().evaluate(out, now_us, held)
 
     def snapshot(self) -> bytes | None:
         import io
