@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -55,3 +56,29 @@ def test_bad_pipeline_error_shown_in_readme_is_real(readings_dir: Path) -> None:
     assert done.returncode == 2
     shown = next(line for b in blocks("text") for line in b.splitlines() if line.startswith("error:"))
     assert done.stderr.strip().replace("\n", " ") == shown
+
+
+def test_alerting_example_runs(readings_dir: Path) -> None:
+    (pipeline,) = [b for b in blocks("yaml") if "source:" in b]
+    (rules,) = [b for b in blocks("yaml") if b.startswith("# rules.yaml")]
+    (section,) = [b for b in blocks("yaml") if b.startswith("# add to pipeline.yaml")]
+    (readings_dir / "pipeline.yaml").write_text(pipeline + section)
+    (readings_dir / "rules.yaml").write_text(rules)
+    done = subprocess.run([sys.executable, "-m", "tidegauge", "run", "pipeline.yaml"], capture_output=True,
+                          text=True, cwd=readings_dir)
+    assert done.returncode == 0, done.stderr
+    ls = subprocess.run([sys.executable, "-m", "tidegauge", "alerts", "ls", "--db", "alerts.db", "--json"],
+                        capture_output=True, text=True, cwd=readings_dir)
+    assert ls.returncode == 0, ls.stderr
+    alerts = json.loads(ls.stdout)
+    windows = pl.read_parquet(readings_dir / "windows.parquet")
+    ever = set(windows.filter(pl.col("temperature_max") > 35)["sensor_id"].to_list())
+    last = windows.sort("window_end").group_by("sensor_id").last()
+    still = set(last.filter(pl.col("temperature_max") > 35)["sensor_id"].to_list())
+    # the window rule saw the window results: an alert (pending: `for` runs on processing time) for each
+    # sensor whose last window was hot, none for a sensor never hot (one that cooled down in a later batch
+    # is inactive again; in the same batch it stays pending until the next evaluation)
+    got = {a["labels"]["sensor_id"] for a in alerts if a["rule"] == "Overheating"}
+    assert still and still <= got <= ever and len(ever) < windows["sensor_id"].n_unique()
+    assert {a["state"] for a in alerts if a["rule"] == "Overheating"} == {"pending"}
+    assert all(a["labels"]["team"] == "plant" for a in alerts if a["rule"] == "Overheating")
