@@ -68,7 +68,8 @@ def main() -> None:
         m.evaluate(b)
     dt = time.perf_counter() - t
     total = a.batch * a.batches
-    print(f"rules={a.rules}{' (mixed kinds)' if a.mix else ''} keys={a.keys} batch={a.batch} readings={total} alerts={len(m.alerts)}")
+    kinds = " (mixed kinds)" if a.mix else ""
+    print(f"rules={a.rules}{kinds} keys={a.keys} batch={a.batch} readings={total} alerts={len(m.alerts)}")
     print(f"reference (conditions only): {total / ref:,.0f} readings/s")
     print(f"AlertManager.evaluate:       {total / dt:,.0f} readings/s  ({dt / ref:.2f}x the reference time)")
     print(f"rule-evaluations/s (rules x readings/s): {a.rules * total / dt:,.0f}")

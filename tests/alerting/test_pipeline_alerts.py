@@ -148,7 +148,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_served_pipeline_alert_api_over_http(tmp_path: Path, http_server: Any) -> None:
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_served_pipeline_alert_api_over_http(tmp_path: Path, http_server: Any, command: str) -> None:
     from tidegauge.server import hash_token
 
     url, got = http_server
@@ -165,7 +166,7 @@ server:
     - {{name: ana, hash: "{hash_token('tok-ana')}", scopes: [read, admin]}}
 alerts: {{rules: rules.yaml, store: alerts.db, streams: [readings, health]}}
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "tidegauge", "run", "pipeline.yaml"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "tidegauge", command, "pipeline.yaml"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     ops = {"authorization": "Bearer tok-ana"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import string
 import threading
 import time
 from collections import Counter
