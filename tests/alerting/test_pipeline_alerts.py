@@ -263,3 +263,31 @@ def test_cli_error_for_a_bad_rules_file(tmp_path: Path) -> None:
     assert "pipeline.yaml: at $.alerts.rules:" in err and "rules.yaml: $.rules[0].severity" in err, err
     assert not (tmp_path / "windows.parquet").exists()
     assert os.path.exists(tmp_path / "readings.parquet")
+
+
+def test_default_rules_on_a_detected_stream(tmp_path: Path) -> None:
+    """`rules: default`: the demo's fleet health rules on readings after `detect`, and on the health records."""
+    write_readings(tmp_path / "readings.parquet", FleetConfig(sensors=50, rate=1000.0, seed=4, anomaly_rate=0.02),
+                   rows=30_000)
+    (tmp_path / "pipeline.yaml").write_text("""
+source: {file: readings.parquet}
+steps:
+  - detect: {type: zscore, fields: [temperature, vibration]}
+sink: {file: scored.parquet}
+alerts: {rules: default, store: alerts.db, streams: [readings, health]}
+""")
+    done = _tidegauge(tmp_path, "run", "pipeline.yaml")
+    assert done.returncode == 0, done.stderr
+    scored = pl.read_parquet(tmp_path / "scored.parquet")
+    critical = set(scored.filter(pl.col("score") > 0.9)["sensor_id"].to_list())
+    in_alert = set(scored.filter(pl.col("operational_status") == "alert")["sensor_id"].to_list())
+    ls = _tidegauge(tmp_path, "alerts", "ls", "--db", "alerts.db", "--json")
+    alerts = json.loads(ls.stdout)
+    by_rule: dict[str, set[str]] = {}
+    for a in alerts:
+        by_rule.setdefault(a["rule"], set()).add(a["labels"].get("sensor_id", ""))
+    assert critical and by_rule.get("CriticalAnomaly") and by_rule["CriticalAnomaly"] <= critical
+    assert all(a["severity"] == "critical" for a in alerts if a["rule"] == "CriticalAnomaly")
+    assert by_rule.get("SensorAlertStatus", set()) <= in_alert
+    # nothing for the edge rules (no heartbeat records) nor for latency (a fast run)
+    assert not {"EdgeNodeOffline", "EdgeAvailabilityLow", "EdgeBatteryLow"} & set(by_rule)
