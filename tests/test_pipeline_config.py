@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,23 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_pipeline(write(tmp_path, "source: [unclosed"))
     with pytest.raises(ConfigError, match="no such pipeline file"):
         load_pipeline(tmp_path / "nope.yaml")
+
+
+def test_a_simulator_source_runs_from_a_pipeline_file(tmp_path: Path) -> None:
+    import polars as pl
+
+    text = """
+source: {simulator: {sensors: 7, rate: 70, seed: 3, start: "2026-01-01T00:00:00Z", faults: {late: 0.01, late_by: 2m}},
+         limit: 700}
+sink: {file: out.parquet}
+"""
+    built = build_pipeline(load_pipeline(write(tmp_path, text)), base_dir=tmp_path)
+    built.flow.run()
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out.height == 700 and out["sensor_id"].n_unique() == 7
+    first = out.filter(pl.col("truth_fault") != "late")["timestamp"].min()
+    assert isinstance(first, datetime) and first.isoformat().startswith("2026-01-01T00:00:00")
+    with pytest.raises(ConfigError, match=r"\.simulator: unknown simulator option 'sensor'; valid: .*sensors"):
+        build_pipeline(load_pipeline(write(tmp_path, text.replace("sensors: 7", "sensor: 7"))), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown fault option 'lat'"):
+        build_pipeline(load_pipeline(write(tmp_path, text.replace("late: 0.01", "lat: 0.01"))), base_dir=tmp_path)

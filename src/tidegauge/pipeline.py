@@ -436,11 +436,11 @@ def _source(s: SourceConfig, base: Path, i: int, config: PipelineConfig) -> Any:
         kind = next(k for k in _SOURCE_KINDS if getattr(s, k) is not None)
         raise ConfigError(f"{where}.{kind}: {exc}") from None
     from tidegauge.connectors.simulator import SimulatorSource
-    from tidegauge.simulate import FleetConfig
+    from tidegauge.simulate import fleet_from_mapping
 
     try:
-        fleet = msgspec.convert(s.simulator, FleetConfig, strict=False)
-    except (msgspec.ValidationError, TypeError) as exc:
+        fleet = fleet_from_mapping(s.simulator or {})
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}.simulator: {exc}") from None
     return SimulatorSource(fleet, limit=s.limit)
 

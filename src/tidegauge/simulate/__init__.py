@@ -13,7 +13,7 @@ Contract: frames follow :data:`READING_SCHEMA` (the demo reading schema, then th
 from __future__ import annotations
 
 from tidegauge.simulate._episodes import EPISODE_TYPES
-from tidegauge.simulate.config import DEFAULT_START, FAULT_KINDS, FaultConfig, FleetConfig
+from tidegauge.simulate.config import DEFAULT_START, FAULT_KINDS, FaultConfig, FleetConfig, fleet_from_mapping
 from tidegauge.simulate.files import FileFormat, WriteSummary, format_of, write_readings
 from tidegauge.simulate.fleet import READING_SCHEMA, SENSOR_TYPES, STATUSES, FleetSimulator, FleetSnapshot
 
@@ -30,6 +30,7 @@ __all__ = [
     "FleetSimulator",
     "FleetSnapshot",
     "WriteSummary",
+    "fleet_from_mapping",
     "format_of",
     "write_readings",
 ]

@@ -14,7 +14,7 @@ import msgspec
 
 from tidegauge._time import Duration, parse_duration, to_micros
 
-__all__ = ["DEFAULT_START", "FAULT_KINDS", "FaultConfig", "FleetConfig"]
+__all__ = ["DEFAULT_START", "FAULT_KINDS", "FaultConfig", "FleetConfig", "fleet_from_mapping"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,3 +177,33 @@ class FleetConfig(msgspec.Struct, frozen=True, kw_only=True):
     def readings_for(self, duration: Duration | timedelta) -> int:
         """Number of readings covering ``duration`` of event time (``rate * duration``)."""
         return math.floor(parse_duration(duration, name="duration") * self.rate / 1e6)
+
+
+def fleet_from_mapping(values: dict[str, object]) -> FleetConfig:
+    """A :class:`FleetConfig` from plain values (a config file's mapping): ``start`` as an ISO string,
+    ``faults`` as a mapping.
+
+    (``msgspec.convert`` cannot do it: the ``Duration`` union of ``FaultConfig`` holds several str-like types.)
+
+    >>> fleet_from_mapping({"sensors": 5, "start": "2026-01-01T00:00:00Z", "faults": {"late": 0.01}}).faults.late
+    0.01
+    """
+    fields = set(FleetConfig.__struct_fields__)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise TypeError(f"unknown simulator option {unknown[0]!r}; valid: {', '.join(sorted(fields))}")
+    kwargs: dict[str, object] = dict(values)
+    start = kwargs.get("start")
+    if isinstance(start, str):
+        try:
+            kwargs["start"] = datetime.fromisoformat(start)
+        except ValueError:
+            raise ValueError(f"start={start!r} is not an ISO 8601 time, e.g. '2026-01-01T00:00:00Z'") from None
+    faults = kwargs.get("faults")
+    if isinstance(faults, dict):
+        allowed = set(FaultConfig.__struct_fields__)
+        bad = sorted(set(faults) - allowed)
+        if bad:
+            raise TypeError(f"unknown fault option {bad[0]!r}; valid: {', '.join(sorted(allowed))}")
+        kwargs["faults"] = FaultConfig(**faults)
+    return FleetConfig(**kwargs)  # type: ignore[arg-type]
