@@ -124,6 +124,9 @@ def _figures(run: RunData, series: pl.DataFrame | None, bucket_us: int, top: pl.
                         D.sensor_figure(r, sensor)))
     elif r is None:
         out.append(("sensors", "Most anomalous sensors", "", no_readings))
+    elif not ("is_anomaly" in r.columns or "score" in r.columns):
+        out.append(("sensors", "Most anomalous sensors", "",
+                    "no sensor figures: the readings have no score or is_anomaly column to rank sensors by"))
     e = run.edge.data
     out.append(("edge", "Edge nodes", "Status, availability, battery, CPU/memory and outbox depth per node.",
                 D.edge_figure(e) if e is not None else f"no edge figure: {run.edge.note}"))
@@ -161,7 +164,8 @@ def build_report(config: ReportConfig, *, now: datetime | None = None) -> Report
         us = r["timestamp"].dt.epoch("us")
         bucket_us = choose_bucket(int(us.max()) - int(us.min()))  # type: ignore[arg-type]
         series = time_series(r, bucket_us)
-        top = top_sensors(r, config.top) if config.top else None
+        ranked = "is_anomaly" in r.columns or "score" in r.columns
+        top = top_sensors(r, config.top) if config.top and ranked else None
     sections = summarize(run, series)
     pngs: dict[str, Path] = {}
     missing: dict[str, str] = {}
