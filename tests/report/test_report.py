@@ -126,6 +126,10 @@ def test_summary_numbers_equal_polars_computed_independently(full: tuple[Path, R
     assert int(v["alerts"]) == len(alerts) > 0
     for rule, k in Counter(a.rule for a in alerts).items():
         assert int(v[f"rule_{rule}"]) == k
+    html = result.html.read_text(encoding="utf-8")
+    table = html[html.index('<table id="alerts">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 1 + min(len(alerts), 50)  # the header and one row per alert
     # the top-sensor figures are the sensors with the most flagged readings
     flagged = r.group_by("sensor_id").agg(pl.col("is_anomaly").sum().alias("n")).sort("n", descending=True)
     fifth = flagged["n"][4]

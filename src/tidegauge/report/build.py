@@ -25,6 +25,11 @@ __all__ = ["ReportConfig", "ReportResult", "build_report"]
 logger = logging.getLogger(__name__)
 
 _MAX_TOP = 50  # one PNG per sensor: beyond a few dozen the page stops being a report
+_MAX_ALERT_ROWS = 50  # rows of the alert table; the figure and the summary count all of them
+
+
+def _utc(us: int | None) -> datetime | None:
+    return None if us is None else datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 class ReportConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,6 +143,21 @@ def _tables(run: RunData, top: pl.DataFrame | None) -> list[str]:
     if top is not None and top.height:
         tables.append("<h2>Most anomalous sensors</h2>" + frame_table(top, f"top {top.height} by readings flagged",
                                                                        css_id="top-sensors"))
+    alerts = run.alerts.data
+    if alerts:
+        rank = {s: i for i, s in enumerate(("critical", "major", "minor", "warning", "info"))}
+        shown = sorted(alerts, key=lambda a: (rank.get(a.severity, 9), -a.active_since))[:_MAX_ALERT_ROWS]
+        rows = pl.DataFrame({
+            "rule": [a.rule for a in shown], "severity": [a.severity for a in shown],
+            "state": [a.state for a in shown],
+            "labels": [", ".join(f"{k}={v}" for k, v in sorted(a.labels.items())
+                                 if k not in ("alertname", "severity")) for a in shown],
+            "active_since": [_utc(a.active_since) for a in shown],
+            "resolved_at": [_utc(a.resolved_at) for a in shown],
+            "summary": [a.annotations.get("summary", "") for a in shown],
+        }, schema_overrides={"active_since": pl.Datetime("us", "UTC"), "resolved_at": pl.Datetime("us", "UTC")})
+        more = f" (the first {_MAX_ALERT_ROWS} of {len(alerts)})" if len(alerts) > _MAX_ALERT_ROWS else ""
+        tables.append("<h2>Alerts</h2>" + frame_table(rows, f"by severity, newest first{more}", css_id="alerts"))
     e = run.edge.data
     if e is not None:
         cols = [c for c in ("node_id", "timestamp", "status", "availability", "battery_pct", "cpu_pct",
