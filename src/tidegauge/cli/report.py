@@ -19,7 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 def parse_time(text: str | None, *, name: str) -> datetime | None:
-    """An ISO 8601 time (``2026-03-01T12:05:00Z``, ``2026-03-01 12:05``); UTC when it has no offset."""
+    """An ISO 8601 time (``2026-03-01T12:05:00Z``, ``2026-03-01 12:05``); UTC when it has no offset.
+
+    >>> parse_time("2026-03-01T13:05:00+01:00", name="--start").isoformat()
+    '2026-03-01T12:05:00+00:00'
+    """
     if text is None or not text.strip():
         return None
     try:

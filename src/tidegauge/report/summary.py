@@ -58,7 +58,13 @@ class Section:
 
 
 def choose_bucket(span_us: int) -> int:
-    """A round bucket size (microseconds) cutting ``span_us`` into at most about 150 buckets."""
+    """A round bucket size (microseconds) cutting ``span_us`` into at most about 150 buckets.
+
+    >>> choose_bucket(75_000_000) // 1_000_000  # a 75 s run: 1 s buckets
+    1
+    >>> choose_bucket(3_600_000_000) // 1_000_000  # an hour: 30 s buckets
+    30
+    """
     for s in _NICE_S:
         if span_us / (s * 1_000_000) <= _TARGET_BUCKETS:
             return s * 1_000_000
