@@ -174,7 +174,12 @@ def test_a_time_range_cuts_every_count(full: tuple[Path, ReportResult], tmp_path
     store.close()
     lo, hi = (int(t.timestamp() * 1_000_000) for t in (start, end))
     overlapping = [a for a in alerts if a.active_since < hi and (a.resolved_at or a.updated_at) >= lo]
-    assert int(v.get("alerts", 0)) == len(overlapping)
+    assert int(v.get("alerts", 0)) == len(overlapping) > 0
+    resolved_by_end = sum(a.resolved_at is not None and a.resolved_at < hi for a in overlapping)
+    firing_by_end = sum(a.fired_at is not None and a.fired_at < hi for a in overlapping) - resolved_by_end
+    assert int(v["alerts_resolved"]) == resolved_by_end
+    assert int(v["alerts_firing"]) == firing_by_end
+    assert int(v["alerts_pending"]) == len(overlapping) - resolved_by_end - firing_by_end
     for f in FLEET_FIGURES:
         assert f"fig-{f}" in page.images
 

@@ -120,7 +120,8 @@ def _figures(run: RunData, series: pl.DataFrame | None, bucket_us: int, top: pl.
                 F.scores_figure(r) if r is not None else no_readings))
     alerts = run.alerts.data
     out.append(("alerts", "Alerts by rule and severity",
-                "Alerts whose episode overlaps the range, by rule (type) and by state, coloured by severity.",
+                "Alerts whose episode overlaps the range, by rule (type) and by their state at the end of the "
+                "range, coloured by severity (the store keeps each alert's latest episode).",
                 F.alerts_figure(alerts) if alerts else f"no alerts figure: {run.alerts.note}"))
     if r is not None and top is not None:
         for sensor in top["sensor_id"].to_list():

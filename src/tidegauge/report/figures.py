@@ -229,7 +229,7 @@ def alerts_figure(alerts: list[Alert]) -> Figure | str:
     fig = new_figure(12, max(3.2, 0.45 * len(rules) + 1.6))
     left, right = fig.subplots(1, 2, width_ratios=[2, 1])
     for ax, cats, counts, title in ((left, rules, by_rule, "Alerts by rule"),
-                                    (right, states, by_state, "Alerts by state")):
+                                    (right, states, by_state, "Alerts by state at the end of the range")):
         y = np.arange(len(cats))
         base = np.zeros(len(cats))
         for s in sev:

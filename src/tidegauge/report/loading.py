@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -33,7 +33,7 @@ from tidegauge._time import to_micros
 from tidegauge.alerting.lifecycle import Alert
 from tidegauge.errors import TidegaugeError
 
-__all__ = ["Part", "RunData", "find_run", "load_run", "read_table"]
+__all__ = ["Part", "RunData", "as_of", "find_run", "load_run", "read_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,19 @@ def _alerts(run_dir: Path, start: datetime | None, end: datetime | None) -> Part
     if not kept:
         return Part([], f"no alerts in this time range ({len(alerts)} outside it)" if alerts else "no alerts raised",
                     "alerts.sqlite")
+    if hi is not None:
+        kept = [as_of(a, hi) for a in kept]
     return Part(kept, "", "alerts.sqlite")
+
+
+def as_of(alert: Alert, at_us: int) -> Alert:
+    """``alert`` as it stood at ``at_us``: a later resolution or firing is undone (the store keeps only each
+    alert's latest episode, so an earlier episode of the same alert cannot be recovered)."""
+    if alert.resolved_at is not None and alert.resolved_at >= at_us:
+        alert = replace(alert, state="firing", resolved_at=None)
+    if alert.fired_at is not None and alert.fired_at >= at_us:
+        alert = replace(alert, state="pending", fired_at=None)
+    return alert
 
 
 def load_run(run_dir: Path, start: datetime | None = None, end: datetime | None = None) -> RunData:
