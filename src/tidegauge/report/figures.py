@@ -69,14 +69,22 @@ def _bucket_text(bucket_us: int) -> str:
         else f"{s} s"
 
 
+def _steps(series: pl.DataFrame, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step-plot coordinates of per-bucket ``values``: the last bucket's value repeated at its end, so the
+    last (or only) bucket is drawn over its width too."""
+    x = series["bucket"].to_numpy()
+    end = x[-1] + np.timedelta64(int(series["seconds"][-1] * 1e6), "us")
+    return np.append(x, end), np.append(values, values[-1])
+
+
 def throughput_figure(series: pl.DataFrame, bucket_us: int) -> Figure:
     """Readings per second over event time, per bucket, with the mean over the range."""
     fig = new_figure(10, 3.6)
     ax = fig.add_subplot()
-    x = series["bucket"].to_numpy()
-    rate = series["rate"].to_numpy()
+    x, rate = _steps(series, series["rate"].to_numpy())
     ax.step(x, rate, where="post", color=COLORS["normal"], linewidth=1.4, label="readings/s")
     ax.fill_between(x, rate, step="post", color=COLORS["normal"], alpha=0.15)
+    ax.set_xlim(x[0], x[-1])
     total, seconds = float(series["readings"].sum()), float(series["seconds"].sum())
     mean = total / seconds if seconds else 0.0
     ax.axhline(mean, color=COLORS["line"], linestyle="--", linewidth=1, label=f"mean {mean:,.0f}/s")
@@ -93,7 +101,7 @@ def throughput_figure(series: pl.DataFrame, bucket_us: int) -> Figure:
 def _thousands() -> Any:
     from matplotlib.ticker import FuncFormatter
 
-    return FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+    return FuncFormatter(lambda v, _pos: f"{v:,.0f}" if abs(v) >= 1000 or v == int(v) else f"{v:g}")
 
 
 def latency_figure(readings: pl.DataFrame) -> Figure | str:
@@ -132,17 +140,16 @@ def anomalies_figure(readings: pl.DataFrame, series: pl.DataFrame, bucket_us: in
         return "no normal/anomalous figure: the readings have no is_anomaly column (no detector in this run)"
     fig = new_figure(12, 4.2)
     left, right = fig.subplots(1, 2, width_ratios=[2.2, 1])
-    x = series["bucket"].to_numpy()
     seconds = series["seconds"].to_numpy()
-    normal = (series["readings"] - series["anomalous"]).to_numpy() / seconds
-    anomalous = series["anomalous"].to_numpy() / seconds
-    left.step(x, np.where(normal > 0, normal, np.nan), where="post", color=COLORS["normal"], label="normal")
-    left.step(x, np.where(anomalous > 0, anomalous, np.nan), where="post", color=COLORS["anomalous"],
-              label="flagged anomalous")
-    if "injected" in series.columns:
-        inj = series["injected"].to_numpy() / seconds
-        left.step(x, np.where(inj > 0, inj, np.nan), where="post", color=COLORS["injected"], linestyle="--",
-                  label="injected (simulator)")
+    lines = [("readings", "normal", "-", "normal"), ("anomalous", "anomalous", "-", "flagged anomalous"),
+             ("injected", "injected", "--", "injected (simulator)")]
+    for col, color, style, label in lines:
+        if col not in series.columns:
+            continue
+        v = series[col].to_numpy() - (series["anomalous"].to_numpy() if col == "readings" else 0)
+        x, y = _steps(series, v / seconds)
+        left.step(x, np.where(y > 0, y, np.nan), where="post", color=COLORS[color], linestyle=style, label=label)
+    left.set_xlim(x[0], x[-1])
     left.set_yscale("log")
     left.set_ylabel("readings per second (log)")
     left.set_title(f"Normal vs anomalous readings over time ({_bucket_text(bucket_us)} buckets)")

@@ -93,6 +93,8 @@ def time_series(readings: pl.DataFrame, bucket_us: int) -> pl.DataFrame:
     # mean spacing between readings: the last bucket covers up to the last reading plus one such step
     step = (t1 - t0) / max(readings.height - 1, 1)
     last_cover = min(float(bucket_us), (t1 - t0) - (n - 1) * bucket_us + step)
+    if last_cover <= 0:  # one reading, or all at one instant: no spacing to measure; count it over a bucket
+        last_cover = float(bucket_us)
     seconds = pl.when(pl.col("i") == n - 1).then(pl.lit(last_cover)).otherwise(pl.lit(float(bucket_us))) / 1e6
     return out.with_columns(
         (pl.col("i") * bucket_us + t0).cast(pl.Datetime("us", "UTC")).alias("bucket"),
@@ -139,7 +141,8 @@ def _readings(run: RunData, series: pl.DataFrame | None) -> list[Section]:
     sec.add("first", "first reading (UTC)", first.isoformat(), f"{first:%Y-%m-%d %H:%M:%S}")
     sec.add("last", "last reading (UTC)", last.isoformat(), f"{last:%Y-%m-%d %H:%M:%S}")
     sec.add("span_s", "span (s)", round(span_s, 3), f"{span_s:,.1f}")
-    mean_rate = r.height / span_s if span_s > 0 else None
+    # n readings evenly spaced over span_s arrive at (n - 1) / span_s per second (the figure's mean agrees)
+    mean_rate = (r.height - 1) / span_s if span_s > 0 else None
     sec.add("mean_rate", "mean readings/s", mean_rate, None if mean_rate is None else f"{mean_rate:,.0f}")
     peak = float(series["rate"].max()) if series.height else None  # type: ignore[arg-type]
     sec.add("peak_rate", "peak readings/s (one bucket)", peak, None if peak is None else f"{peak:,.0f}")
