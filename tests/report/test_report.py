@@ -237,3 +237,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
                            "yesterday"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: --start: 'yesterday' is not an ISO 8601 time")
+
+
+def test_a_range_holding_one_reading(full: tuple[Path, ReportResult], tmp_path: Path) -> None:
+    run_dir, _ = full
+    r = pl.read_parquet(run_dir / "readings.parquet").sort("timestamp")
+    t = r["timestamp"][100]
+    start, end = t, t + timedelta(microseconds=1)
+    result = build_report(ReportConfig(data_dir=str(run_dir.parent), start=start, end=end, out=str(tmp_path), top=1))
+    v = _page(result).values
+    assert int(v["readings"]) == r.filter(pl.col("timestamp") == t).height == 1
+    assert v["mean_rate"] == ""  # no span to measure a rate over
+    assert np.isfinite(float(v["peak_rate"]))
+    _check_png(result.pngs["throughput"])
