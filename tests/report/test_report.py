@@ -250,3 +250,22 @@ def test_a_range_holding_one_reading(full: tuple[Path, ReportResult], tmp_path: 
     assert v["mean_rate"] == ""  # no span to measure a rate over
     assert np.isfinite(float(v["peak_rate"]))
     _check_png(result.pngs["throughput"])
+
+
+def test_an_unreadable_part_is_left_out_and_said(full: tuple[Path, ReportResult], tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    run_dir, _ = full
+    parts = tmp_path / "readings.parquet.parts"
+    shutil.copytree(run_dir / "readings.parquet.parts", parts)
+    (good,) = sorted(parts.glob("part-*.parquet"))
+    shutil.copy(good, parts / "part-0000000002-00000.parquet")
+    (parts / "part-0000000003-00000.parquet").write_bytes(b"not parquet")
+    lf, where = read_table(tmp_path / "readings.parquet")
+    assert lf is not None
+    assert lf.select(pl.len()).collect().item() == 2 * pl.read_parquet(good).height
+    assert "1 unreadable, left out: part-0000000003-00000.parquet" in where
+    assert "unreadable" in caplog.text
+    for p in sorted(parts.glob("part-*.parquet"))[:2]:
+        p.write_bytes(b"")
+    lf, where = read_table(tmp_path / "readings.parquet")
+    assert lf is None and where.startswith("readings.parquet is unreadable")

@@ -116,6 +116,7 @@ def read_table(final: Path) -> tuple[pl.LazyFrame | None, str]:
     if not files:
         return None, f"{final.name} is not in this run"
     frames = []
+    skipped = []
     for f in files:
         try:
             if f.suffix == ".jsonl":
@@ -128,9 +129,12 @@ def read_table(final: Path) -> tuple[pl.LazyFrame | None, str]:
                 frames.append(lf)
         except (pl.exceptions.PolarsError, OSError) as exc:
             logger.warning("%s: unreadable, skipped: %s", f, exc)
+            skipped.append(f.name)
     where = final.name if use_final else f"{len(parts)} committed parts of {final.name} (run still going or not closed)"
+    if skipped:
+        where += f"; {len(skipped)} unreadable, left out: {', '.join(skipped[:5])}"
     if not frames:
-        return None, f"{final.name} is empty"
+        return None, f"{final.name} is unreadable ({where})" if skipped else f"{final.name} is empty"
     return (frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")), where
 
 
