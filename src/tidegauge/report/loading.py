@@ -167,7 +167,11 @@ def _table(run_dir: Path, name: str, time_column: str, start: datetime | None, e
         cond = cond & (pl.col(time_column) >= start)
     if end is not None:
         cond = cond & (pl.col(time_column) < end)
-    cut = lf.filter(cond).collect()
+    try:
+        cut = lf.filter(cond).collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:  # a file damaged past its footer
+        logger.warning("%s: unreadable: %s", name, exc)
+        return Part(None, f"{name} is unreadable: {exc}", where, exists)
     if cut.height == 0:
         if start is None and end is None:
             return Part(None, f"{name} has no rows", where, exists)
