@@ -91,6 +91,8 @@ class _Stream:
     acked_seq: int = 0
     depth: int = 0
     bytes: int = 0
+    inflight: int = 0
+    """highest sequence number the uplink is sending now: ``drop_oldest`` spares those (they may arrive)"""
 
 
 class Outbox:
@@ -237,7 +239,8 @@ class Outbox:
 
     def _drop_oldest(self, s: _Stream, need: int) -> None:
         """Delete the oldest rows of ``s`` until ``need`` bytes are free (inside the caller's transaction)."""
-        freed, dropped, cut, after = 0, 0, None, -1
+        freed, dropped, cut = 0, 0, None
+        start = after = max(s.inflight, s.acked_seq)
         while freed < need:
             rows = self._db.execute(f"SELECT seq, length(payload) FROM out_{s.name} WHERE seq > ? ORDER BY seq "
                                     f"LIMIT {_DROP_SCAN}", (after,)).fetchall()
@@ -252,7 +255,7 @@ class Outbox:
             after = rows[-1][0]
         if cut is None:
             return
-        self._db.execute(f"DELETE FROM out_{s.name} WHERE seq <= ?", (cut,))
+        self._db.execute(f"DELETE FROM out_{s.name} WHERE seq > ? AND seq <= ?", (start, cut))
         self._count_drop(s.name, "overflow", dropped)
         s.depth -= dropped
         s.bytes -= freed
@@ -307,8 +310,14 @@ class Outbox:
             s.last_seq = max(keep, s.acked_seq)
 
     # -- reading -------------------------------------------------------------------------------------
-    def read(self, stream: str, *, after: int, limit: int, max_bytes: int = 1 << 62) -> list[tuple[int, int, bytes]]:
-        """Visible records ``(seq, at_us, payload)`` of ``stream`` after ``after``, oldest first."""
+    def read(self, stream: str, *, after: int, limit: int, max_bytes: int = 1 << 62,
+             sending: bool = False) -> list[tuple[int, int, bytes]]:
+        """Visible records ``(seq, at_us, payload)`` of ``stream`` after ``after``, oldest first.
+
+        ``sending``: the caller is about to send them, so ``drop_oldest`` spares them (a record that may have
+        reached the upstream is never counted as dropped); the stream may exceed ``max_bytes`` by that one
+        batch.
+        """
         s = self._get(stream)
         with self._lock:
             rows = self._db.execute(f"SELECT seq, at_us, payload FROM out_{stream} WHERE seq > ? AND seq <= ? "
@@ -321,6 +330,8 @@ class Outbox:
                     break
                 n += 1
             rows = rows[:n]
+        if sending and rows:
+            s.inflight = rows[-1][0]
         return rows
 
     def has_visible(self, stream: str, after: int) -> bool:

@@ -187,7 +187,7 @@ class Uplink:
             return False
         cfg = self.config
         rows = await asyncio.to_thread(self.outbox.read, stream, after=self.cursor[stream],
-                                       limit=cfg.batch_records, max_bytes=cfg.batch_bytes)
+                                       limit=cfg.batch_records, max_bytes=cfg.batch_bytes, sending=True)
         if not rows:
             return False
         first, last = rows[0][0], rows[-1][0]
@@ -204,6 +204,8 @@ class Uplink:
         try:
             resp = await self.client.post(wire.PATH, content=body, headers=headers)
         except self._httpx_error as exc:
+            # it may have arrived (the answer was lost): the outbox keeps sparing it, the upstream
+            # de-duplicates the resend
             raise _Refused(f"network: {type(exc).__name__}") from exc
         self.last_rtt_s = time.perf_counter() - t0
         if resp.status_code != 200:
