@@ -131,8 +131,15 @@ class Uplink:
         self._current[pick] -= total
         return pick
 
+    def _replay_cutoff(self) -> int:
+        """Records written before this time are backlog replay: since the link (last) came up."""
+        if self.link == "up" and self.link_up_at_us is not None:
+            return self.link_up_at_us
+        # not up yet: a success now brings it up now; at the first contact, what predates the start
+        return self.started_at_us if self.link_up_at_us is None and not self.errors else self.clock.now_us()
+
     def _body(self, stream: str, rows: list[tuple[int, int, bytes]]) -> tuple[bytes, int]:
-        up = self.link_up_at_us
+        up = self._replay_cutoff()
         node = msgspec.json.encode(self.node_id).decode()
         name = msgspec.json.encode(stream).decode()
         live = f'{{"edge_node":{node},"edge_stream":{name},"edge_replay":false,'.encode()
@@ -141,7 +148,7 @@ class Uplink:
         pages = self._pages(stream, rows, up) if is_alerts else None
         out, n_replay = [], 0
         for i, (_, at, payload) in enumerate(rows):
-            old = up is None or at < up
+            old = at < up
             n_replay += old
             head = replay if old else live
             if pages is not None:
@@ -149,11 +156,11 @@ class Uplink:
             out.append(head + payload[1:])
         return b"\n".join(out) + b"\n", n_replay
 
-    def _pages(self, stream: str, rows: list[tuple[int, int, bytes]], up: int | None) -> list[bool]:
+    def _pages(self, stream: str, rows: list[tuple[int, int, bytes]], up: int) -> list[bool]:
         """Whether each alert transition should page upstream (see the module docstring)."""
         decoded = [msgspec.json.decode(p) for _, _, p in rows]
         later: list[dict[str, Any]] = []
-        if any(up is None or at < up for _, at, _ in rows):
+        if any(at < up for _, at, _ in rows):
             # what follows this batch in the backlog: a resolution there makes a replayed firing stale
             later = [msgspec.json.decode(p) for _, _, p in
                      self.outbox.read(stream, after=rows[-1][0], limit=1_000_000)]
@@ -164,7 +171,7 @@ class Uplink:
         out = []
         for i, ((_, at, _), r) in enumerate(zip(rows, decoded, strict=True)):
             fp, state = str(r.get("fingerprint")), r.get("state")
-            old = up is None or at < up
+            old = at < up
             if state == "firing":
                 stale = old and resolved_after.get(fp, -1) > i
                 if stale:
@@ -222,8 +229,7 @@ class Uplink:
 
     def _link_ok(self) -> None:
         if self.link != "up":
-            now = self.clock.now_us()
-            self.link_up_at_us = self.started_at_us if self.link_up_at_us is None and not self.errors else now
+            self.link_up_at_us = self._replay_cutoff()
             logger.info("uplink to %s is up", self.url)
         self.link, self.breaker, self.failures = "up", "closed", 0
 
