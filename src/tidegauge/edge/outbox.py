@@ -61,8 +61,8 @@ class StreamPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def __post_init__(self) -> None:
         if self.priority < 1:
             raise ConfigError(f"priority={self.priority}: use an integer >= 1 (a weight)")
-        if self.max_bytes < 1024:
-            raise ConfigError(f"max_bytes={self.max_bytes}: use at least 1024")
+        if self.max_bytes < 1:
+            raise ConfigError(f"max_bytes={self.max_bytes}: use a positive number of bytes")
         if self.overflow not in ("reject_new", "drop_oldest"):
             raise ConfigError(f"overflow={self.overflow!r}: use 'reject_new' or 'drop_oldest'")
         parse_duration(self.max_age, name="max_age")
