@@ -80,7 +80,8 @@ class EdgeReceiver:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a power loss may lose the last updates, which the scan of the intake logs at open restores
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS edge_acks (node TEXT NOT NULL, stream TEXT NOT NULL, "
                          "acked INTEGER NOT NULL, PRIMARY KEY (node, stream))")
         self.acked: dict[tuple[str, str], int] = {
@@ -175,7 +176,8 @@ class EdgeReceiver:
                 logger.log(level, "edge %s/%s: records %d-%d were dropped at the edge (agent reported %d)",
                            node, stream, have + 1, first - 1, dropped)
                 self._count("dropped_at_edge", node, stream, gap)
-            await source.open_log().append(b"\n".join(new) + b"\n", len(new), [])
+            data = body if not skip else b"\n".join(new) + b"\n"
+            await source.open_log().append(data if data.endswith(b"\n") else data + b"\n", len(new), [])
             self._store(node, stream, last)
             self._count("batches", node, stream, 1)
             self._count("records", node, stream, len(new))

@@ -220,7 +220,8 @@ class Uplink:
         ack = msgspec.json.decode(resp.content, type=wire.BatchAck)
         self._drops_reported[stream] = stats_drops
         self.cursor[stream] = max(self.cursor[stream], ack.acked)
-        await asyncio.to_thread(self.outbox.ack, stream, ack.acked)
+        sent = (len(rows), sum(len(p) for _, _, p in rows)) if ack.acked == last else None
+        await asyncio.to_thread(self.outbox.ack, stream, ack.acked, sent=sent)
         self.batches += 1
         self.sent[stream] += ack.accepted
         self.duplicates[stream] += ack.duplicates
