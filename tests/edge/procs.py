@@ -104,7 +104,7 @@ class Proc:
         self.start()
 
     def start(self) -> None:
-        out = open(self.log, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        out = open(self.log, "ab")
         env = {**os.environ, "TIDEGAUGE_LOG_LEVEL": "INFO", **(self.env or {})}
         self.p = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()

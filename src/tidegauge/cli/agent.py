@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,7 +23,7 @@ from tidegauge.cli import app
 logger = logging.getLogger(__name__)
 
 
-def _opt(help: str, env: str, *names: str) -> typer.models.OptionInfo:
+def _opt(help: str, env: str, *names: str) -> Any:
     return typer.Option(*names, help=help, envvar=f"TIDEGAUGE_AGENT_{env}", show_envvar=True)
 
 

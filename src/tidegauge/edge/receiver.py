@@ -269,8 +269,10 @@ EDGE_FIELDS: dict[str, FieldType] = {"edge_node": "str", "edge_stream": "str", "
                                      "edge_replay": "bool"}
 """The fields every forwarded record carries (see :mod:`tidegauge.edge.wire`)."""
 
-_AGG = {f"{f}_{a}": ("int" if a == "count" else "float") for f in ("temperature", "vibration", "power_consumption")
-        for a in ("count", "mean", "min", "max")}
+_AGG: dict[str, FieldType] = {
+    f"{f}_{a}": ("int" if a == "count" else "float")
+    for f in ("temperature", "vibration", "power_consumption") for a in ("count", "mean", "min", "max")
+}
 DEFAULT_SCHEMAS: dict[str, tuple[dict[str, FieldType], str, str]] = {
     "readings": (dict(READING_SCHEMA), "sensor_id", "timestamp"),
     "anomalies": ({**READING_SCHEMA, "score": "float", "is_anomaly": "bool", "detector": "str"},

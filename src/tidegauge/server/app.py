@@ -185,8 +185,8 @@ async def openapi(request: Request) -> Response:
     return json_response(openapi_schema(state.validator.record))
 
 
-_ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/edge/batches", "/api/v1/sensors", "/api/v1/windows", "/api/v1/anomalies",
-           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json")
+_ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/sensors", "/api/v1/windows", "/api/v1/anomalies",
+           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json", "/api/v1/edge/batches")
 
 
 class _ObserveMiddleware:
