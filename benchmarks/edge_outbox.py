@@ -189,13 +189,13 @@ def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int) -> tuple[float
     return n / elapsed, n
 
 
-def bench_agent(tmp: Path, seconds: float, rate: float, limit: int | None) -> dict[str, float]:
+def bench_agent(tmp: Path, label: str, seconds: float, rate: float, limit: int | None) -> dict[str, float]:
     import psutil  # type: ignore[import-untyped]
 
-    up_proc, port = start_upstream(tmp / f"up-{rate}")
+    up_proc, port = start_upstream(tmp / f"up-{label}")
     listen = free_port()
     args = [sys.executable, "-m", "tidegauge", "agent", "--id", "bench", "--upstream", f"http://127.0.0.1:{port}",
-            "--token", TOKEN, "--data-dir", str(tmp / f"agent-{rate}"), "--rate", str(rate),
+            "--token", TOKEN, "--data-dir", str(tmp / f"agent-{label}"), "--rate", str(rate),
             "--listen", f"127.0.0.1:{listen}"]
     if limit is not None:
         args += ["--limit", str(limit)]
@@ -212,7 +212,12 @@ def bench_agent(tmp: Path, seconds: float, rate: float, limit: int | None) -> di
             time.sleep(0.5)
         cpu1, t1 = proc.cpu_times(), time.monotonic()
         cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
-        return {"rss_mb_max": max(rss) / 2**20, "rss_mb_end": rss[-1] / 2**20, "cpu_pct": cpu}
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/status", timeout=5) as r:
+            import json
+
+            records = json.loads(r.read())["records_in"]
+        return {"rss_mb_max": max(rss) / 2**20, "rss_mb_end": rss[-1] / 2**20, "cpu_pct": cpu,
+                "records_in": records}
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(60)
@@ -273,10 +278,12 @@ def main() -> None:
                 print(f"replay: {n:,} records to the upstream over loopback, batches of {batch:,}: "
                       f"{r:,.0f} records/s")
         if "agent" in only:
-            idle = bench_agent(tmp, a.agent_seconds, 2000.0, 0)
-            print(f"agent idle:          RSS max {idle['rss_mb_max']:.0f} MB, CPU {idle['cpu_pct']:.1f}%")
-            busy = bench_agent(tmp, a.agent_seconds, 2000.0, None)
-            print(f"agent 2,000 rdg/s:   RSS max {busy['rss_mb_max']:.0f} MB, CPU {busy['cpu_pct']:.1f}%")
+            idle = bench_agent(tmp, "idle", a.agent_seconds, 2000.0, 0)
+            print(f"agent idle:          RSS max {idle['rss_mb_max']:.0f} MB, CPU {idle['cpu_pct']:.1f}% "
+                  f"({idle['records_in']:,.0f} readings in)")
+            busy = bench_agent(tmp, "busy", a.agent_seconds, 2000.0, None)
+            print(f"agent 2,000 rdg/s:   RSS max {busy['rss_mb_max']:.0f} MB, CPU {busy['cpu_pct']:.1f}% "
+                  f"({busy['records_in']:,.0f} readings in)")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ def serve(
                                              show_envvar=True)] = None,
     hash_token: Annotated[str | None, typer.Option("--hash-token", help="Print the stored form of a token and exit.",
                                                    envvar="TIDEGAUGE_HASH_TOKEN", show_envvar=True)] = None,
+    edge_db: Annotated[Path | None, typer.Option(
+        "--edge-db", help="Accept edge agents' batches (POST /api/v1/edge/batches), de-duplicated in this SQLite "
+        "file: stream X goes to the http source named edge_X, others to the first http source.",
+        envvar="TIDEGAUGE_EDGE_DB", show_envvar=True)] = None,
 ) -> None:
     """Run a pipeline and its HTTP server until Ctrl-C (then checkpoint and stop)."""
     from tidegauge.server import hash_token as _hash
@@ -49,7 +53,12 @@ def serve(
     runner, config = build_served_pipeline(pipeline, host=host, port=port)
     from tidegauge.server import serve as _serve
 
-    result = asyncio.run(_serve(runner, config, environ=os.environ))
+    receiver = None
+    if edge_db is not None:
+        from tidegauge.edge.receiver import receiver_for_flow
+
+        receiver = receiver_for_flow(runner.flow, edge_db)
+    result = asyncio.run(_serve(runner, config, environ=os.environ, edge_receiver=receiver))
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "
                f"{result.checkpoints} checkpoints")
 

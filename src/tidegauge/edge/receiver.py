@@ -40,7 +40,7 @@ from tidegauge.connectors.http import ACCEPTED, READING_SCHEMA, FieldType, HttpI
 from tidegauge.edge import wire
 from tidegauge.server.ingest import error, json_response
 
-__all__ = ["DEFAULT_SCHEMAS", "EDGE_FIELDS", "EdgeReceiver", "NotifierPager", "edge_sources"]
+__all__ = ["DEFAULT_SCHEMAS", "EDGE_FIELDS", "EdgeReceiver", "NotifierPager", "edge_sources", "receiver_for_flow"]
 
 logger = logging.getLogger(__name__)
 
@@ -300,3 +300,17 @@ def edge_sources(log_dir: str | Path, streams: Sequence[str] = tuple(DEFAULT_SCH
         out[s] = HttpIngestSource(Path(log_dir) / s, schema={**schema, **EDGE_FIELDS}, key=key, time=time_field,
                                   durability=durability, name=f"edge_{s}")
     return out
+
+
+def receiver_for_flow(flow: Any, db: str | Path, **options: Any) -> EdgeReceiver:
+    """An :class:`EdgeReceiver` over a flow's HTTP sources: stream ``X`` -> the source named ``edge_X``,
+    any other stream -> the first HTTP source (``tidegauge serve --edge-db``)."""
+    http = [n.definition for n in flow.nodes.values()
+            if n.kind == "source" and isinstance(n.definition, HttpIngestSource)]
+    if not http:
+        from tidegauge.errors import ConfigError
+
+        raise ConfigError("edge batches need an http source in the pipeline (source: {http: {...}})")
+    sources = {str(s.name)[len("edge_"):]: s for s in http if str(s.name).startswith("edge_")}
+    sources.setdefault("*", http[0])
+    return EdgeReceiver(sources, db, **options)
