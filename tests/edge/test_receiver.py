@@ -136,3 +136,71 @@ def test_uplink_backoff_and_breaker(tmp_path: Path) -> None:
         Uplink(Outbox(tmp_path / "p.db", {"s": StreamPolicy()}), "http://x", node_id="gw",
                config=msgspec.convert({"breaker_failures": 0}, type=__import__(
                    "tidegauge.edge.uplink", fromlist=["UplinkConfig"]).UplinkConfig))
+
+
+def test_receiver_for_a_served_flow_maps_streams_by_source_name(tmp_path: Path) -> None:
+    from tidegauge.connectors.http import HttpIngestSource
+    from tidegauge.edge.receiver import receiver_for_flow
+
+    flow = Flow("up")
+    plain = HttpIngestSource(tmp_path / "a", name="http")
+    alerts = edge_sources(tmp_path / "b", ["alerts"])["alerts"]
+    flow.source(plain)
+    flow.source(alerts, key=alerts.key, time=alerts.time)
+    r = receiver_for_flow(flow, tmp_path / "e.db")
+    assert r.sources == {"alerts": alerts, "*": plain}
+    with pytest.raises(Exception, match="http source"):
+        receiver_for_flow(Flow("none"), tmp_path / "f.db")
+
+
+def test_heartbeats_carry_real_figures_and_take_the_assignment(tmp_path: Path, caplog: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tidegauge.edge.agent import AgentConfig, EdgeAgent
+    from tidegauge.edge.heartbeat import Assignment, Heartbeat
+
+    seen: list[Heartbeat] = []
+
+    async def beat(request: Request) -> Response:
+        hb = Heartbeat.decode(await request.body())
+        seen.append(hb)
+        return Response(msgspec.json.encode(Assignment(node_id=hb.node_id, generation=3, sensors=["s1"])))
+
+    box, up = make_uplink(tmp_path, {"readings": StreamPolicy()})
+    box.append("readings", [b'{"a":1}'] * 7, at_us=up.clock.now_us() - 2_000_000)
+
+    class _Metrics:
+        records_in = {"src": 100}
+
+    class _Runner:
+        metrics = _Metrics()
+
+    config = AgentConfig(node_id="gw", upstream="http://up", data_dir=str(tmp_path), heartbeat_interval="50ms")
+    agent = EdgeAgent(config, box, up, _Runner())
+
+    async def go(app: Starlette) -> None:
+        up.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://up")
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.heartbeats(stop))
+        await asyncio.sleep(0.4)
+        stop.set()
+        await task
+        await up.client.aclose()
+
+    asyncio.run(go(Starlette(routes=[Route("/api/v1/edge/heartbeat", beat, methods=["POST"])])))
+    assert len(seen) >= 2
+    hb = seen[-1]
+    assert hb.node_id == "gw" and hb.version
+    assert hb.resources.memory_rss_bytes > 10 * 2**20 and 0 < hb.resources.disk_pct <= 100
+    assert 0 < hb.resources.memory_pct <= 100
+    assert (hb.outbox_depth, hb.outbox_bytes) == (7, 49) and hb.outbox_age_s >= 2
+    assert agent.assignment is not None and agent.assignment.generation == 3
+    assert hb.generation == 3 and hb.sensors == ["s1"], "the agent reports the assignment it acts on"
+    # an upstream without a coordinator: 404, logged once, the agent goes on
+    caplog.set_level("INFO", logger="tidegauge.edge.agent")
+    agent.assignment = None
+    asyncio.run(go(Starlette(routes=[])))
+    assert sum("no coordinator" in r.getMessage() for r in caplog.records) == 1
