@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import msgspec
@@ -173,7 +173,7 @@ def test_heartbeats_carry_real_figures_and_take_the_assignment(tmp_path: Path, c
     box.append("readings", [b'{"a":1}'] * 7, at_us=up.clock.now_us() - 2_000_000)
 
     class _Metrics:
-        records_in = {"src": 100}
+        records_in: ClassVar[dict[str, int]] = {"src": 100}
 
     class _Runner:
         metrics = _Metrics()

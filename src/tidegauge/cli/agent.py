@@ -33,8 +33,8 @@ def agent(
     upstream: Annotated[str, _opt("Base URL of the upstream tidegauge server.", "UPSTREAM", "--upstream")],
     data_dir: Annotated[Path, _opt("Outbox, checkpoints and local state.", "DATA_DIR", "--data-dir")],
     token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest).", "TOKEN", "--token")] = None,
-    pipeline: Annotated[Path | None, _opt("A pipeline YAML to run instead of the default simulated fleet "
-                                          "(its sinks stay local; not forwarded yet).", "PIPELINE",
+    pipeline: Annotated[Path | None, _opt("A pipeline YAML to run instead of the default simulated fleet; "
+                                          "its 'sink: {outbox: STREAM}' sinks are forwarded.", "PIPELINE",
                                           "--pipeline")] = None,
     forward: Annotated[str, _opt("Streams to forward, comma-separated: readings, windows, anomalies, alerts.",
                                  "FORWARD", "--forward")] = "readings,windows,anomalies,alerts",
@@ -66,15 +66,17 @@ def agent(
     import msgspec
 
     from tidegauge.edge.agent import DEFAULT_STREAMS, AgentConfig, run_agent
+    from tidegauge.edge.outbox import StreamPolicy
     from tidegauge.edge.uplink import UplinkConfig
     from tidegauge.errors import ConfigError
     from tidegauge.server.config import parse_size
 
     names = [s.strip() for s in forward.split(",") if s.strip()]
     unknown = [n for n in names if n not in DEFAULT_STREAMS]
-    if unknown:
-        raise ConfigError(f"--forward: unknown stream(s) {', '.join(unknown)}; use {', '.join(DEFAULT_STREAMS)}")
-    streams = {n: DEFAULT_STREAMS[n] for n in names}
+    if unknown and pipeline is None:
+        raise ConfigError(f"--forward: unknown stream(s) {', '.join(unknown)}; use {', '.join(DEFAULT_STREAMS)} "
+                          "(or name the outbox streams of a --pipeline file)")
+    streams = {n: DEFAULT_STREAMS.get(n, StreamPolicy()) for n in names}
     for flag, text, field in (("--max-bytes", max_bytes, "max_bytes"), ("--overflow", overflow, "overflow"),
                               ("--max-age", max_age, "max_age")):
         for stream, value in _pairs(flag, text).items():
@@ -96,10 +98,15 @@ def agent(
                          location=loc, labels=_pairs("--labels", labels))
     flow = None
     if pipeline is not None:
+        from tidegauge.edge.sink import agent_outbox
         from tidegauge.pipeline import build_pipeline, load_pipeline
 
-        built = build_pipeline(load_pipeline(pipeline), base_dir=pipeline.parent)
-        flow = lambda outbox: built.flow  # noqa: E731
+        parsed = load_pipeline(pipeline)
+
+        def flow(outbox: Any) -> Any:
+            # `sink: {outbox: STREAM}` in the file writes to this agent's outbox
+            with agent_outbox(outbox, streams):
+                return build_pipeline(parsed, base_dir=pipeline.parent).flow
     stop = asyncio.Event()
 
     async def main() -> None:

@@ -168,6 +168,15 @@ class Outbox:
         return _Stream(name, policy, last_seq=max(top, committed, acked), committed_seq=committed,
                        acked_seq=acked, depth=depth, bytes=size)
 
+    def add_stream(self, name: str, policy: StreamPolicy) -> None:
+        """Open one more stream (e.g. one a pipeline file forwards); a no-op if it exists."""
+        if name in self._streams:
+            return
+        if not _NAME.match(name):
+            raise ConfigError(f"stream name {name!r}: use a lowercase identifier (a-z, 0-9, _)")
+        with self._lock:
+            self._streams[name] = self._open_stream(name, policy)
+
     @property
     def streams(self) -> dict[str, StreamPolicy]:
         return {n: s.policy for n, s in self._streams.items()}

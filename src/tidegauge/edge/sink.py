@@ -13,16 +13,20 @@ Each record is stored as one JSON object (the user's columns; timestamps as RFC 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator, Mapping
 
 import msgspec
 import polars as pl
 
 from tidegauge.connectors.base import Guarantee
 from tidegauge.dataflow.base import drop_internal
-from tidegauge.edge.outbox import Outbox
+from tidegauge.edge.outbox import Outbox, StreamPolicy
+from tidegauge.errors import ConfigError
 
-__all__ = ["OutboxSink", "OutboxSinkLogic", "OutboxSinkState"]
+__all__ = ["OutboxSink", "OutboxSinkLogic", "OutboxSinkState", "agent_outbox", "pipeline_outbox_sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,3 +122,29 @@ class OutboxSinkLogic:
 
     async def close(self) -> None:
         """Nothing to release (the outbox is shared and closed by its owner)."""
+
+
+_ACTIVE: contextvars.ContextVar[tuple[Outbox, Mapping[str, StreamPolicy]] | None] = contextvars.ContextVar(
+    "tidegauge_agent_outbox", default=None)
+
+
+@contextlib.contextmanager
+def agent_outbox(outbox: Outbox, policies: Mapping[str, StreamPolicy] | None = None) -> Iterator[Outbox]:
+    """While active, ``sink: {outbox: STREAM}`` in a pipeline file builds an :class:`OutboxSink` into ``outbox``
+    (streams not open yet are added with ``policies[STREAM]`` or the default policy)."""
+    token = _ACTIVE.set((outbox, policies or {}))
+    try:
+        yield outbox
+    finally:
+        _ACTIVE.reset(token)
+
+
+def pipeline_outbox_sink(stream: str, *, name: str | None = None) -> OutboxSink:
+    """The sink of a pipeline file's ``outbox:`` section (see :func:`agent_outbox`)."""
+    active = _ACTIVE.get()
+    if active is None:
+        raise ConfigError(f"sink 'outbox: {stream}' forwards to an edge agent's upstream: run this pipeline with "
+                          "`tidegauge agent --pipeline FILE`")
+    box, policies = active
+    box.add_stream(stream, policies.get(stream, StreamPolicy()))
+    return OutboxSink(box, stream, name=name)
