@@ -21,12 +21,13 @@ from tidegauge.server.config import ServerConfig, TokenConfig, hash_token
 TOKEN = "t0ken"
 
 
-def batch(first: int, last: int, *, node: str = "gw", stream: str = "readings") -> tuple[bytes, dict[str, str]]:
+def batch(first: int, last: int, *, node: str = "gw", stream: str = "readings",
+          prev: int | None = None) -> tuple[bytes, dict[str, str]]:
     lines = [msgspec.json.encode({"sensor_id": f"s{i}", "timestamp": "2024-01-01T00:00:00Z", "temperature": 1.0,
                                   "edge_node": node, "edge_stream": stream, "edge_seq": i, "edge_replay": False})
              for i in range(first, last + 1)]
     headers = {"Authorization": f"Bearer {TOKEN}", wire.NODE: node, wire.STREAM: stream,
-               wire.FIRST: str(first), wire.LAST: str(last)}
+               wire.FIRST: str(first), wire.LAST: str(last), wire.PREV: str(first - 1 if prev is None else prev)}
     return b"\n".join(lines) + b"\n", headers
 
 
@@ -49,6 +50,7 @@ async def post(app: Any, body: bytes, headers: dict[str, str]) -> httpx.Response
 
 def test_dedupes_replays_and_counts_gaps(tmp_path: Path) -> None:
     receiver, app = make(tmp_path)
+    receiver.order_timeout_s = 0.2
 
     async def go() -> None:
         r = await post(app, *batch(1, 5))
@@ -57,23 +59,28 @@ def test_dedupes_replays_and_counts_gaps(tmp_path: Path) -> None:
         assert r.json() == {"acked": 5, "accepted": 0, "duplicates": 5}
         r = await post(app, *batch(3, 8))  # overlapping
         assert r.json() == {"acked": 8, "accepted": 3, "duplicates": 3}
-        r = await post(app, *batch(12, 12))  # 9-11 were dropped by the agent's outbox
+        r = await post(app, *batch(12, 12, prev=8))  # 9-11 were dropped by the agent's outbox
         assert r.json()["acked"] == 12
         assert receiver.counts["dropped_at_edge"][("gw", "readings")] == 3
-        body, headers = batch(13, 14)
+        r = await post(app, *batch(20, 21))  # 13-19 never came: refused, the agent sends from 13
+        assert r.status_code == 409 and r.json()["acked"] == 12
+        # out of order on two connections: the second waits for the first
+        second, first_ = await asyncio.gather(post(app, *batch(16, 18)), post(app, *batch(13, 15)))
+        assert second.json()["acked"] == 18 and first_.json()["acked"] == 15
+        body, headers = batch(19, 20)
         assert (await post(app, body, {**headers, wire.LAST: "15"})).status_code == 400
         assert (await post(app, body, {**headers, "Authorization": "Bearer nope"})).status_code == 401
         assert (await post(app, body, {**headers, wire.STREAM: "nosuch"})).status_code == 404
         assert (await post(app, body, {k: v for k, v in headers.items() if k != wire.FIRST})).status_code == 400
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://up") as c:
             m = (await c.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text
-        assert 'tidegauge_edge_records_total{node="gw",stream="readings"} 9.0' in m
+        assert 'tidegauge_edge_records_total{node="gw",stream="readings"} 15.0' in m
         assert 'tidegauge_edge_duplicates_total{node="gw",stream="readings"} 8.0' in m
     asyncio.run(go())
     log = receiver.sources["readings"].open_log()
     frames, _ = log.read(log.start, 10**6)
     seqs = [msgspec.json.decode(line)["edge_seq"] for _, p in frames for line in p.splitlines()]
-    assert seqs == [1, 2, 3, 4, 5, 6, 7, 8, 12], "each record once in the intake log, in order"
+    assert seqs == [1, 2, 3, 4, 5, 6, 7, 8, *range(12, 19)], "each record once in the intake log, in order"
 
 
 def test_what_was_appended_survives_losing_the_ack_table(tmp_path: Path) -> None:

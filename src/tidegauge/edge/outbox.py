@@ -356,26 +356,29 @@ class Outbox:
         s = self._get(stream)
         return s.committed_seq > after and s.depth > 0
 
-    def ack(self, stream: str, seq: int, *, sent: tuple[int, int] | None = None) -> None:
+    def ack(self, stream: str, seq: int, *, sent: tuple[int, int, int] | None = None) -> None:
         """The upstream has every record of ``stream`` up to ``seq``: they are gone from the outbox.
 
-        ``sent`` is ``(records, bytes)`` of what this acknowledgement newly covers, when the caller knows
-        it (saves a query). Rows are deleted in bulk, every :data:`_PURGE_ROWS` acknowledged records or when
-        the stream is empty (a delete per batch costs as much as the batch's insert).
+        ``sent`` is ``(first, records, bytes)`` of the batch this acknowledgement covers, when the caller knows
+        it (saves a query; used only if the batch starts right after the last acknowledged record). Rows are
+        deleted in bulk, every :data:`_PURGE_ROWS` acknowledged records or when the stream is empty (a delete
+        per batch costs as much as the batch's insert).
         """
         s = self._get(stream)
         with self._lock:
             if seq <= s.acked_seq:
                 return
-            if sent is None:
-                sent = self._db.execute(f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM out_{stream} "
-                                        "WHERE seq > ? AND seq <= ?", (s.acked_seq, seq)).fetchone()
+            if sent is not None and sent[0] == s.acked_seq + 1:
+                covered = (sent[1], sent[2])
+            else:
+                covered = self._db.execute(f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM out_{stream} "
+                                           "WHERE seq > ? AND seq <= ?", (s.acked_seq, seq)).fetchone()
             self._db.execute("UPDATE streams SET acked_seq=? WHERE stream=?", (seq, stream))
             s.acked_seq = seq
             s.last_seq = max(s.last_seq, seq)
-            s.depth -= sent[0]
-            s.bytes -= sent[1]
-            s.unpurged += sent[0]
+            s.depth -= covered[0]
+            s.bytes -= covered[1]
+            s.unpurged += covered[0]
             if s.unpurged >= _PURGE_ROWS or s.depth <= 0:
                 self._db.execute(f"DELETE FROM out_{stream} WHERE seq <= ?", (seq,))
                 s.unpurged = 0

@@ -19,6 +19,7 @@ the flow, like every record) and not paged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import sqlite3
@@ -65,11 +66,13 @@ class EdgeReceiver:
         Called with the transitions to notify for (see :class:`NotifierPager`).
     max_body_bytes:
         Largest batch accepted (413 above).
+    order_timeout_s:
+        How long a batch waits for its predecessor (sent on another connection) before a 409.
     """
 
     def __init__(self, sources: Mapping[str, HttpIngestSource], db: str | Path, *,
                  alert_streams: Sequence[str] = ("alerts",), pager: Pager | None = None,
-                 max_body_bytes: int = 32 * 1024 * 1024) -> None:
+                 max_body_bytes: int = 32 * 1024 * 1024, order_timeout_s: float = 5.0) -> None:
         if not sources:
             raise ValueError("EdgeReceiver needs at least one source (stream name -> HttpIngestSource)")
         self.sources = dict(sources)
@@ -86,7 +89,8 @@ class EdgeReceiver:
                          "acked INTEGER NOT NULL, PRIMARY KEY (node, stream))")
         self.acked: dict[tuple[str, str], int] = {
             (n, s): a for n, s, a in self._db.execute("SELECT node, stream, acked FROM edge_acks")}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._conds: dict[tuple[str, str], asyncio.Condition] = {}
+        self.order_timeout_s = order_timeout_s
         self.counts: dict[str, dict[tuple[str, str], int]] = {
             k: {} for k in ("batches", "records", "replayed", "duplicates", "dropped_at_edge", "paged",
                             "recorded_only")}
@@ -143,13 +147,13 @@ class EdgeReceiver:
         try:
             node, stream = h[wire.NODE], h[wire.STREAM]
             first, last = int(h[wire.FIRST]), int(h[wire.LAST])
-            dropped = int(h.get(wire.DROPPED, "0"))
+            prev = int(h.get(wire.PREV, first - 1))
         except (KeyError, ValueError):
             return error(400, f"an edge batch needs the headers {wire.NODE}, {wire.STREAM}, {wire.FIRST}, "
                               f"{wire.LAST} (integers for the sequence numbers)")
-        if not node or not stream or first < 1 or last < first:
+        if not node or not stream or first < 1 or last < first or not 0 <= prev < first:
             return error(400, f"bad batch {wire.idempotency_key(node, stream, first, last)}: sequence numbers "
-                              "start at 1 and last >= first")
+                              f"start at 1, last >= first and 0 <= {wire.PREV} < first")
         source = self.sources.get(stream, self.sources.get("*"))
         if source is None:
             return error(404, f"no upstream source takes edge stream {stream!r}; configure one")
@@ -162,19 +166,25 @@ class EdgeReceiver:
         if len(lines) != last - first + 1:
             return error(400, f"batch {first}-{last} must have {last - first + 1} records, it has {len(lines)}")
         key = (node, stream)
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        cond = self._conds.setdefault(key, asyncio.Condition())
+        async with cond:
+            if self.acked.get(key, 0) < prev:
+                # its predecessor is still on its way (another connection): apply them in order
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait_for(lambda: self.acked.get(key, 0) >= prev),
+                                           self.order_timeout_s)
             have = self.acked.get(key, 0)
+            if have < prev:
+                return json_response({"error": f"records {have + 1}-{prev} of {node}/{stream} have not arrived; "
+                                               f"send from {have + 1}", "acked": have}, 409)
             if last <= have:
                 self._count("duplicates", node, stream, len(lines))
                 return json_response({"acked": have, "accepted": 0, "duplicates": len(lines)})
             skip = max(0, have - first + 1)
             new = lines[skip:]
-            gap = max(0, first - have - 1)
+            gap = max(0, first - have - 1)  # <= first - 1 - prev: numbers the agent says it dropped
             if gap:
-                # only the agent's outbox limits make gaps; it says how many it dropped
-                level = logging.INFO if gap <= dropped else logging.WARNING
-                logger.log(level, "edge %s/%s: records %d-%d were dropped at the edge (agent reported %d)",
-                           node, stream, have + 1, first - 1, dropped)
+                logger.info("edge %s/%s: records %d-%d were dropped at the edge", node, stream, have + 1, first - 1)
                 self._count("dropped_at_edge", node, stream, gap)
             data = body if not skip else b"\n".join(new) + b"\n"
             await source.open_log().append(data if data.endswith(b"\n") else data + b"\n", len(new), [])
@@ -185,6 +195,7 @@ class EdgeReceiver:
             if h.get(wire.REPLAY) == "1":
                 self._count("replayed", node, stream, len(new))
             self.last_batch_at[node] = time.time()
+            cond.notify_all()
         if stream in self.alert_streams:
             self._page(node, stream, new)
         return json_response({"acked": last, "accepted": len(new), "duplicates": skip})

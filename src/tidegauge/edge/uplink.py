@@ -2,8 +2,10 @@
 
 - **Batches** of one stream, contiguous sequence numbers, with an idempotency key
   (``<agent>:<stream>:<first>-<last>``): the upstream de-duplicates a batch sent twice (an answer lost).
-- **One batch in flight**, so order per stream holds; streams take turns by smooth weighted round-robin on
-  their :class:`~tidegauge.edge.outbox.StreamPolicy` priority (alerts first, telemetry still gets its share).
+- **A window of batches in flight** (``window``, default 2; one for alert streams); the upstream applies a
+  stream's batches in order (each names the batch before it), so order per stream holds; streams take turns
+  by smooth weighted round-robin on their :class:`~tidegauge.edge.outbox.StreamPolicy` priority (alerts first,
+  telemetry still gets its share).
 - **Backoff**: exponential with full jitter between ``backoff_initial`` and ``backoff_max`` after a failure;
   a **circuit breaker** opens after ``breaker_failures`` failures in a row (link ``down``: no traffic but one
   probe every ``breaker_open``), half-opens for one probe, and closes on a success.
@@ -17,10 +19,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -46,15 +50,30 @@ class UplinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     backoff_max: str = "30s"
     breaker_failures: int = 5
     breaker_open: str = "10s"
+    window: int = 2
     alert_streams: tuple[str, ...] = ("alerts",)
 
     def __post_init__(self) -> None:
         if self.batch_records < 1 or self.batch_bytes < 1024:
             raise ValueError("batch_records must be >= 1 and batch_bytes >= 1024")
+        if self.window < 1:
+            raise ValueError(f"window={self.window}: use >= 1 (batches in flight)")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures={self.breaker_failures}: use >= 1")
         for name in ("timeout", "backoff_initial", "backoff_max", "breaker_open"):
             parse_duration(getattr(self, name), name=name)
+
+
+@dataclass
+class _Batch:
+    stream: str
+    first: int
+    last: int
+    records: int
+    size: int
+    replayed: int
+    body: bytes
+    headers: dict[str, str]
 
 
 class _Refused(Exception):
@@ -97,9 +116,12 @@ class Uplink:
                                         timeout=parse_duration(self.config.timeout) / 1e6)
         self._httpx_error = httpx.HTTPError
         self.cursor = {s: outbox.stats(s).acked_seq for s in outbox.streams}
+        """per stream: the highest sequence number the upstream acknowledged"""
+        self.sent_cursor = dict(self.cursor)
+        """per stream: the highest sequence number handed to a request"""
+        self._prev_override: dict[str, int] = {}
         self._weights = {s: p.priority for s, p in outbox.streams.items()}
         self._current = dict.fromkeys(self._weights, 0)
-        self._drops_reported = {s: sum(outbox.stats(s).drops.values()) for s in outbox.streams}
         self._suppressed: set[str] = set()
         self.started_at_us = self.clock.now_us()
         self.link_up_at_us: int | None = None
@@ -120,7 +142,7 @@ class Uplink:
     # -- choosing what to send -----------------------------------------------------------------------
     def _next_stream(self) -> str | None:
         """Smooth weighted round-robin over the streams that have something to send."""
-        ready = [s for s in self._weights if self.outbox.has_visible(s, self.cursor[s])]
+        ready = [s for s in self._weights if self.outbox.has_visible(s, self.sent_cursor[s])]
         if not ready:
             return None
         total = 0
@@ -187,46 +209,72 @@ class Uplink:
         return out
 
     # -- sending ---------------------------------------------------------------------------------------
-    async def send_one(self) -> bool:
-        """Send the next batch if there is one; returns whether one was sent (raises on failure)."""
+    async def _prepare(self) -> _Batch | None:
+        """The next batch to send (its stream's position advanced), or ``None`` if nothing is waiting."""
         stream = self._next_stream()
         if stream is None:
-            return False
+            return None
         cfg = self.config
-        rows = await asyncio.to_thread(self.outbox.read, stream, after=self.cursor[stream],
+        prev = self.sent_cursor[stream]
+        rows = await asyncio.to_thread(self.outbox.read, stream, after=prev,
                                        limit=cfg.batch_records, max_bytes=cfg.batch_bytes, sending=True)
         if not rows:
-            return False
+            return None
         first, last = rows[0][0], rows[-1][0]
         body, n_replay = await asyncio.to_thread(self._body, stream, rows)
-        stats_drops = sum(self.outbox.stats(stream).drops.values())
-        dropped = stats_drops - self._drops_reported[stream]
         headers = {
             "Content-Type": "application/x-ndjson",
             "Idempotency-Key": wire.idempotency_key(self.node_id, stream, first, last),
             wire.NODE: self.node_id, wire.STREAM: stream, wire.FIRST: str(first), wire.LAST: str(last),
-            wire.REPLAY: "1" if n_replay else "0", wire.DROPPED: str(max(0, dropped)),
+            wire.PREV: str(self._prev_override.pop(stream, prev)), wire.REPLAY: "1" if n_replay else "0",
         }
+        self.sent_cursor[stream] = last
+        return _Batch(stream, first, last, len(rows), sum(len(p) for _, _, p in rows), n_replay, body, headers)
+
+    async def _post(self, b: _Batch) -> None:
         t0 = time.perf_counter()
         try:
-            resp = await self.client.post(wire.PATH, content=body, headers=headers)
+            resp = await self.client.post(wire.PATH, content=b.body, headers=b.headers)
         except self._httpx_error as exc:
             # it may have arrived (the answer was lost): the outbox keeps sparing it, the upstream
             # de-duplicates the resend
             raise _Refused(f"network: {type(exc).__name__}") from exc
         self.last_rtt_s = time.perf_counter() - t0
+        if resp.status_code == 409:
+            have = int(msgspec.json.decode(resp.content).get("acked", 0))
+            if have < self.cursor[b.stream]:
+                # the upstream lost what it had acknowledged (its state was reset): say so, send from here
+                logger.error("upstream has %s/%s only up to %d, it had acknowledged %d: those records are lost",
+                             self.node_id, b.stream, have, self.cursor[b.stream])
+                self._prev_override[b.stream] = have
+            raise _Refused(f"conflict: {resp.text[:200]}")
         if resp.status_code != 200:
             raise _Refused(f"http {resp.status_code}: {resp.text[:200]}")
         ack = msgspec.json.decode(resp.content, type=wire.BatchAck)
-        self._drops_reported[stream] = stats_drops
-        self.cursor[stream] = max(self.cursor[stream], ack.acked)
-        sent = (len(rows), sum(len(p) for _, _, p in rows)) if ack.acked == last else None
-        await asyncio.to_thread(self.outbox.ack, stream, ack.acked, sent=sent)
+        self.cursor[b.stream] = max(self.cursor[b.stream], ack.acked)
+        sent = (b.first, b.records, b.size) if ack.acked == b.last else None
+        await asyncio.to_thread(self.outbox.ack, b.stream, ack.acked, sent=sent)
         self.batches += 1
-        self.sent[stream] += ack.accepted
-        self.duplicates[stream] += ack.duplicates
-        self.replayed[stream] += min(n_replay, ack.accepted)
+        self.sent[b.stream] += ack.accepted
+        self.duplicates[b.stream] += ack.duplicates
+        self.replayed[b.stream] += min(b.replayed, ack.accepted)
+
+    async def send_one(self) -> bool:
+        """Send the next batch if there is one and wait for its answer (raises on failure)."""
+        b = await self._prepare()
+        if b is None:
+            return False
+        try:
+            await self._post(b)
+        except _Refused:
+            self._rewind()
+            raise
         return True
+
+    def _rewind(self) -> None:
+        """After a failure: everything not acknowledged is sent again (the upstream drops what it has)."""
+        for stream in self.sent_cursor:
+            self.sent_cursor[stream] = self.cursor[stream]
 
     def _link_ok(self) -> None:
         if self.link != "up":
@@ -251,26 +299,54 @@ class Uplink:
         return self._rng.uniform(0, cap / 1e6)  # full jitter: agents reconnecting together spread out
 
     async def run(self) -> None:
-        """Send until :meth:`stop`; failures back off and trip the breaker, never raise."""
+        """Send until :meth:`stop`; failures back off and trip the breaker, never raise.
+
+        Up to ``window`` batches are in flight while the link is up (one while probing it); the upstream
+        applies batches of a stream in order (``x-edge-prev-seq``), so order holds across connections.
+        """
+        inflight: list[asyncio.Task[None]] = []
         while not self._stop.is_set():
             if self.breaker == "open":
                 self.breaker = "half_open"  # one probe
+            window = self.config.window if self.link == "up" else 1
             try:
-                sent = await self.send_one()
-                if sent:
-                    self._link_ok()
-            except _Refused as exc:
-                await self._sleep(self._link_failed(str(exc)))
-                continue
+                while len(inflight) < window:
+                    b = await self._prepare()
+                    if b is None:
+                        break
+                    inflight.append(asyncio.create_task(self._post(b)))
+                    if b.stream in self.config.alert_streams:
+                        break  # alert transitions go one batch at a time (their paging marks are stateful)
             except Exception as exc:
                 logger.exception("uplink: unexpected error")
                 await self._sleep(self._link_failed(f"error: {exc}"))
                 continue
-            if not sent:
+            if not inflight:
                 if self.link != "up":
                     await self._probe()
                 self.wake.clear()
                 await self._sleep(0.05, wake=True)
+                continue
+            task = inflight.pop(0)
+            try:
+                await task
+                self._link_ok()
+                continue
+            except _Refused as exc:
+                reason = str(exc)
+            except Exception as exc:
+                logger.exception("uplink: unexpected error")
+                reason = f"error: {exc}"
+            # let the others finish (their acknowledgements count), then send again from what is acknowledged
+            for t in inflight:
+                with contextlib.suppress(Exception):
+                    await t
+            inflight.clear()
+            self._rewind()
+            await self._sleep(self._link_failed(reason))
+        for t in inflight:
+            with contextlib.suppress(Exception):
+                await t
 
     async def _probe(self) -> None:
         """With nothing to send, check the link so ``link`` is truthful (heartbeats also report it)."""

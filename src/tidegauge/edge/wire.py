@@ -10,8 +10,13 @@ A batch is NDJSON: one record a line, each a JSON object with the stream's colum
                  replayed one that resolved while the link was down, and for ``pending`` transitions)
 
 Headers name the batch: :data:`NODE`, :data:`STREAM`, :data:`FIRST`, :data:`LAST` (sequence numbers),
-:data:`REPLAY` (``1`` if any record is replayed), :data:`DROPPED` (records the agent's outbox dropped since
-the previous batch of this stream, by its limits) and ``Idempotency-Key: <node>:<stream>:<first>-<last>``.
+:data:`REPLAY` (``1`` if any record is replayed), :data:`PREV` (the last sequence number the agent sent before
+this batch: numbers between it and ``first`` were dropped by the agent's outbox limits) and
+``Idempotency-Key: <node>:<stream>:<first>-<last>``.
+
+The upstream applies a stream's batches in order: a batch whose ``PREV`` is beyond what the upstream has
+waits for its predecessor (batches travel on several connections), and is refused with ``409 {"acked": N}``
+if it does not come; the agent then sends again from ``N``.
 
 The answer is ``200 {"acked": N, "accepted": n, "duplicates": d}``: the upstream has every record of the
 stream up to ``N`` (the agent deletes them); records at or below what it had before are counted as
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["DROPPED", "FIRST", "LAST", "NODE", "PATH", "REPLAY", "STREAM", "BatchAck", "idempotency_key"]
+__all__ = ["FIRST", "LAST", "NODE", "PATH", "PREV", "REPLAY", "STREAM", "BatchAck", "idempotency_key"]
 
 PATH = "/api/v1/edge/batches"
 NODE = "x-edge-node"
@@ -30,7 +35,7 @@ STREAM = "x-edge-stream"
 FIRST = "x-edge-first-seq"
 LAST = "x-edge-last-seq"
 REPLAY = "x-edge-replay"
-DROPPED = "x-edge-dropped"
+PREV = "x-edge-prev-seq"
 
 
 class BatchAck(msgspec.Struct, frozen=True, kw_only=True):
