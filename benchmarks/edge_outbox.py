@@ -138,7 +138,8 @@ def start_upstream(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     return p, port
 
 
-def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int) -> tuple[float, int]:
+def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int, window: int = 2) -> tuple[float, float]:
+    """Records/s, and records per CPU-second of the agent and upstream processes together."""
     tmp.mkdir(parents=True)
     from tidegauge.edge.outbox import Outbox, StreamPolicy
     from tidegauge.edge.sink import encode_records
@@ -169,9 +170,14 @@ def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int) -> tuple[float
         asyncio.run(warm_up())
         warm.close()
 
+        import psutil  # type: ignore[import-untyped]
+
+        upstream_ps = psutil.Process(up_proc.pid)
+        cpu_up0, cpu_me0 = sum(upstream_ps.cpu_times()[:2]), time.process_time()
+
         async def drain() -> float:
             up = Uplink(box, f"http://127.0.0.1:{port}", node_id="bench", token=TOKEN,
-                        config=UplinkConfig(batch_records=batch, batch_bytes=32 * 1024 * 1024))
+                        config=UplinkConfig(batch_records=batch, batch_bytes=32 * 1024 * 1024, window=window))
             t0 = time.perf_counter()
             task = asyncio.create_task(up.run())
             while box.stats("readings").acked_seq < n:
@@ -182,11 +188,12 @@ def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int) -> tuple[float
             await up.close()
             return elapsed
         elapsed = asyncio.run(drain())
+        cpu = sum(upstream_ps.cpu_times()[:2]) - cpu_up0 + time.process_time() - cpu_me0
     finally:
         up_proc.send_signal(signal.SIGTERM)
         up_proc.wait(60)
     box.close()
-    return n / elapsed, n
+    return n / elapsed, n / cpu
 
 
 def bench_agent(tmp: Path, label: str, seconds: float, rate: float, limit: int | None) -> dict[str, float]:
@@ -232,7 +239,8 @@ def main() -> None:
     ap.add_argument("--replay", type=int, default=300_000)
     ap.add_argument("--agent-seconds", type=float, default=20.0)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--replay-batch", type=int, nargs="*", default=[10_000, 30_000])
+    ap.add_argument("--replay-batch", type=int, nargs="*", default=[10_000])
+    ap.add_argument("--window", type=int, nargs="*", default=[1, 2, 4])
     ap.add_argument("--only", nargs="*", choices=["write", "replay", "agent"], default=None)
     ap.add_argument("--serve", nargs=2, metavar=("DIR", "PORT"))
     a = ap.parse_args()
@@ -274,9 +282,11 @@ def main() -> None:
                   f"({r / raw:.2f}x raw)")
         if "replay" in only:
             for batch in a.replay_batch:
-                r, n = bench_replay(tmp / f"replay-{batch}", df, a.replay, batch)
-                print(f"replay: {n:,} records to the upstream over loopback, batches of {batch:,}: "
-                      f"{r:,.0f} records/s")
+                for window in a.window:
+                    r, per_cpu = bench_replay(tmp / f"replay-{batch}-{window}", df, a.replay, batch, window)
+                    print(f"replay: {a.replay:,} records to the upstream over loopback, batches of {batch:,}, "
+                          f"{window} in flight: {r:,.0f} records/s ({per_cpu:,.0f} per CPU-second, agent + "
+                          "upstream)")
         if "agent" in only:
             idle = bench_agent(tmp, "idle", a.agent_seconds, 2000.0, 0)
             print(f"agent idle:          RSS max {idle['rss_mb_max']:.0f} MB, CPU {idle['cpu_pct']:.1f}% "
