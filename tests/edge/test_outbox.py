@@ -79,9 +79,9 @@ def test_drop_oldest_spares_the_batch_in_flight(tmp_path: Path) -> None:
     assert [s for s, _, _ in box.read("s", after=0, limit=3, sending=True)] == [1, 2, 3]
     box.append("s", payloads(3, start=10))
     box.commit_seq("s", 13)
-    assert seqs(box)[:3] == [1, 2, 3]
+    assert seqs(box) == [1, 2, 3], "a batch stops at a gap"
     assert box.stats("s").drops == {"overflow": 3}
-    assert seqs(box)[3:] == list(range(7, 14))
+    assert [s for s, _, _ in box.read("s", after=3, limit=100)] == list(range(7, 14))
 
 
 def test_reject_new_refuses_from_the_newest_end(tmp_path: Path) -> None:

@@ -340,14 +340,16 @@ class Outbox:
             rows = self._db.execute(f"SELECT seq, at_us, payload FROM out_{stream} WHERE seq > ? AND seq <= ? "
                                     "ORDER BY seq LIMIT ?", (max(after, s.acked_seq), s.committed_seq,
                                                              limit)).fetchall()
-        if max_bytes < 1 << 62:
-            total, n = 0, 0
-            for _, _, p in rows:
-                total += len(p)
-                if total > max_bytes and n:
-                    break
-                n += 1
-            rows = rows[:n]
+        # a batch is contiguous: it ends before a gap (rows dropped while the rows before them were in flight)
+        # or at max_bytes
+        total, n, expect = 0, 0, rows[0][0] if rows else 0
+        for seq, _, p in rows:
+            total += len(p)
+            if seq != expect or (total > max_bytes and n):
+                break
+            n += 1
+            expect += 1
+        rows = rows[:n]
         if sending and rows:
             s.inflight = rows[-1][0]
         return rows
