@@ -61,6 +61,8 @@ def agent(
     location: Annotated[str | None, _opt("lat,lon of the gateway (for geo assignment).", "LOCATION",
                                          "--location")] = None,
     labels: Annotated[str | None, _opt("Labels, e.g. site=north,line=2.", "LABELS", "--labels")] = None,
+    follow_assignment: Annotated[bool, _opt("Process only the sensors the coordinator assigns (once it has).",
+                                            "FOLLOW_ASSIGNMENT", "--follow-assignment/--all-sensors")] = False,
 ) -> None:
     """Run the edge agent until Ctrl-C: local pipeline, durable outbox, forwarding upstream."""
     import msgspec
@@ -95,7 +97,7 @@ def agent(
                          fsync=fsync, uplink=UplinkConfig(batch_records=batch_records),  # type: ignore[arg-type]
                          checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
                          sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
-                         location=loc, labels=_pairs("--labels", labels))
+                         location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment)
     flow = None
     if pipeline is not None:
         from tidegauge.edge.sink import agent_outbox

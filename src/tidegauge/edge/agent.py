@@ -31,7 +31,7 @@ from tidegauge.edge.outbox import FsyncPolicy, Outbox, StreamPolicy
 from tidegauge.edge.sink import OutboxSink
 from tidegauge.edge.uplink import Uplink, UplinkConfig
 
-__all__ = ["DEFAULT_STREAMS", "AgentConfig", "EdgeAgent", "default_flow", "run_agent"]
+__all__ = ["DEFAULT_STREAMS", "AgentConfig", "AssignmentView", "EdgeAgent", "default_flow", "run_agent"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,43 @@ DEFAULT_STREAMS: dict[str, StreamPolicy] = {
     "windows": StreamPolicy(priority=2),
     "readings": StreamPolicy(priority=1),
 }
+
+
+@dataclass
+class AssignmentView:
+    """The coordinator's latest :class:`Assignment`, shared by the heartbeat loop and the flow.
+
+    With ``follow`` (``--follow-assignment``), once an assignment with a generation > 0 has come, the
+    flow processes only the assigned sensors (the readings of others are dropped at the source, counted in
+    ``skipped``), and anomalies only of sensors whose detection runs on the ``edge``.
+    """
+
+    follow: bool = False
+    assignment: Assignment | None = None
+    skipped: int = 0
+
+    def _active(self) -> Assignment | None:
+        a = self.assignment
+        return a if self.follow and a is not None and a.generation > 0 else None
+
+    def keep_assigned(self, df: Any) -> Any:
+        import polars as pl
+
+        a = self._active()
+        if a is None or not df.height:
+            return df
+        out = df.filter(pl.col("sensor_id").is_in(a.sensors))
+        self.skipped += df.height - out.height
+        return out
+
+    def keep_edge_detection(self, df: Any) -> Any:
+        import polars as pl
+
+        a = self._active()
+        if a is None or not a.detection or not df.height:
+            return df
+        cloud = [s for s, where in a.detection.items() if where == "cloud"]
+        return df.filter(~pl.col("sensor_id").is_in(cloud)) if cloud else df
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +108,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     location: tuple[float, float] | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     capacity: int = 1000
+    follow_assignment: bool = False
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -93,8 +131,12 @@ def _fleet_start(data_dir: Path) -> datetime:
     return start
 
 
-def default_flow(config: AgentConfig, outbox: Outbox, *, clock: Clock | None = None) -> Any:
-    """Simulator -> detector -> 1-minute windows and alert rules; each forwarded stream into ``outbox``."""
+def default_flow(config: AgentConfig, outbox: Outbox, *, clock: Clock | None = None,
+                 view: AssignmentView | None = None) -> Any:
+    """Simulator -> detector -> 1-minute windows and alert rules; each forwarded stream into ``outbox``.
+
+    With a ``view`` that follows the coordinator, only the assigned sensors are processed.
+    """
     from tidegauge.connectors.simulator import SimulatorSource
     from tidegauge.dataflow import Flow, WatermarkConfig
     from tidegauge.simulate import FleetConfig
@@ -104,6 +146,8 @@ def default_flow(config: AgentConfig, outbox: Outbox, *, clock: Clock | None = N
     fleet = FleetConfig(sensors=config.sensors, rate=config.rate, seed=config.seed, start=_fleet_start(data_dir))
     flow = Flow(f"agent-{config.node_id}", watermark=WatermarkConfig.of(max_delay="2s", idle_timeout="5s"))
     readings = flow.source(SimulatorSource(fleet, paced=True, limit=config.limit, clock=clock))
+    if view is not None and view.follow:
+        readings = readings.map_batches(view.keep_assigned, name="assigned")
     forward = config.streams
     if "readings" in forward:
         readings.sink(OutboxSink(outbox, "readings"), name="out_readings")
@@ -115,8 +159,10 @@ def default_flow(config: AgentConfig, outbox: Outbox, *, clock: Clock | None = N
         scored = readings.detect(default_detector(fields=FIELDS), name="detect")
         aggs["score"] = ["max"]
         if "anomalies" in forward:
-            scored.filter("is_anomaly", name="anomalous").sink(OutboxSink(outbox, "anomalies"),
-                                                               name="out_anomalies")
+            anomalies = scored.filter("is_anomaly", name="anomalous")
+            if view is not None and view.follow:
+                anomalies = anomalies.map_batches(view.keep_edge_detection, name="edge_detection")
+            anomalies.sink(OutboxSink(outbox, "anomalies"), name="out_anomalies")
     if "windows" in forward:
         scored.window(Tumbling("1m"), aggs, name="window_1m").sink(OutboxSink(outbox, "windows"),
                                                                   name="out_windows")
@@ -137,12 +183,20 @@ class EdgeAgent:
     outbox: Outbox
     uplink: Uplink
     runner: Any
-    assignment: Assignment | None = None
+    view: AssignmentView = field(default_factory=AssignmentView)
     heartbeats_sent: int = 0
     heartbeat_failures: int = 0
     started: float = field(default_factory=time.time)
     _last_in: int = 0
     _last_t: float = field(default_factory=time.monotonic)
+
+    @property
+    def assignment(self) -> Assignment | None:
+        return self.view.assignment
+
+    @assignment.setter
+    def assignment(self, value: Assignment | None) -> None:
+        self.view.assignment = value
 
     def heartbeat(self) -> Heartbeat:
         from tidegauge import __version__
@@ -207,7 +261,8 @@ class EdgeAgent:
                 "outbox": {s.stream: {"depth": s.depth, "bytes": s.bytes, "last_seq": s.last_seq,
                                       "acked_seq": s.acked_seq, "drops": s.drops}
                            for s in self.outbox.all_stats()},
-                "assignment": None if self.assignment is None else msgspec.to_builtins(self.assignment)}
+                "assignment": None if self.assignment is None else msgspec.to_builtins(self.assignment),
+                "skipped_unassigned": self.view.skipped}
 
 
 async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | None = None,
@@ -223,12 +278,13 @@ async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | Non
     data_dir.mkdir(parents=True, exist_ok=True)
     clock = clock or SystemClock()
     outbox = Outbox(data_dir / "outbox.db", config.streams, fsync=config.fsync, clock=clock)
-    built = flow(outbox) if callable(flow) else default_flow(config, outbox, clock=clock)
+    view = AssignmentView(follow=config.follow_assignment)
+    built = flow(outbox) if callable(flow) else default_flow(config, outbox, clock=clock, view=view)
     runner = Runner(built, max_delay="20ms",
                     checkpoint=CheckpointConfig(data_dir / "checkpoints", interval=config.checkpoint_interval))
     uplink = Uplink(outbox, config.upstream, node_id=config.node_id, token=config.token, config=config.uplink,
                     clock=clock)
-    agent = EdgeAgent(config, outbox, uplink, runner)
+    agent = EdgeAgent(config, outbox, uplink, runner, view)
     stop = stop or asyncio.Event()
     tasks = [asyncio.create_task(uplink.run(), name="uplink"),
              asyncio.create_task(agent.heartbeats(stop), name="heartbeats"),
