@@ -185,8 +185,11 @@ def test_heartbeats_carry_real_figures_and_take_the_assignment(tmp_path: Path, c
     class _Runner:
         metrics = _Metrics()
 
-    config = AgentConfig(node_id="gw", upstream="http://up", data_dir=str(tmp_path), heartbeat_interval="50ms")
-    agent = EdgeAgent(config, box, up, _Runner())
+    config = AgentConfig(node_id="gw", upstream="http://up", data_dir=str(tmp_path), heartbeat_interval="50ms",
+                         follow_assignment=True)
+    from tidegauge.edge.agent import AssignmentView
+
+    agent = EdgeAgent(config, box, up, _Runner(), AssignmentView(follow=True))
 
     async def go(app: Starlette) -> None:
         up.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://up")

@@ -213,7 +213,8 @@ class EdgeAgent:
         t = time.monotonic()
         load = (n - self._last_in) / max(t - self._last_t, 1e-6)
         self._last_in, self._last_t = n, t
-        a = self.assignment
+        # only an agent that follows its assignment acknowledges it (the coordinator hands sensors over on it)
+        a = self.view._active()
         return Heartbeat(node_id=self.config.node_id, sent_at_us=now_us, version=__version__,
                          location=self.config.location, capacity=self.config.capacity,
                          labels=dict(self.config.labels), resources=probe_resources(self.config.data_dir),
