@@ -58,14 +58,14 @@ class AssignmentView:
     assignment: Assignment | None = None
     skipped: int = 0
 
-    def _active(self) -> Assignment | None:
+    def active(self) -> Assignment | None:
         a = self.assignment
         return a if self.follow and a is not None and a.generation > 0 else None
 
     def keep_assigned(self, df: Any) -> Any:
         import polars as pl
 
-        a = self._active()
+        a = self.active()
         if a is None or not df.height:
             return df
         out = df.filter(pl.col("sensor_id").is_in(a.sensors))
@@ -75,7 +75,7 @@ class AssignmentView:
     def keep_edge_detection(self, df: Any) -> Any:
         import polars as pl
 
-        a = self._active()
+        a = self.active()
         if a is None or not a.detection or not df.height:
             return df
         cloud = [s for s, where in a.detection.items() if where == "cloud"]
@@ -214,7 +214,7 @@ class EdgeAgent:
         load = (n - self._last_in) / max(t - self._last_t, 1e-6)
         self._last_in, self._last_t = n, t
         # only an agent that follows its assignment acknowledges it (the coordinator hands sensors over on it)
-        a = self.view._active()
+        a = self.view.active()
         return Heartbeat(node_id=self.config.node_id, sent_at_us=now_us, version=__version__,
                          location=self.config.location, capacity=self.config.capacity,
                          labels=dict(self.config.labels), resources=probe_resources(self.config.data_dir),
