@@ -289,8 +289,9 @@ class Uplink:
         self.errors[key] = self.errors.get(key, 0) + 1
         cfg = self.config
         if self.breaker == "half_open" or self.failures >= cfg.breaker_failures:
-            if self.breaker != "open":
-                logger.warning("uplink to %s: circuit open after %d failures (%s)", self.url, self.failures, reason)
+            # once per outage: the probes that keep failing while it is down are not news
+            log = logger.warning if self.link != "down" else logger.debug
+            log("uplink to %s: circuit open after %d failures (%s)", self.url, self.failures, reason)
             self.breaker, self.link = "open", "down"
             self._opened_at = time.monotonic()
             return parse_duration(cfg.breaker_open) / 1e6
