@@ -104,22 +104,24 @@ class EdgeReceiver:
                 continue
             seen.add(id(src))
             log = src.open_log()
-            offset, parts = log.start, []
+            offset = log.start
             while offset < log.durable:
-                frames, offset = log.read(offset, 1_000_000)
+                # a chunk at a time (the log may hold a long replay not checkpointed yet)
+                frames, offset = log.read(offset, 200_000)
+                parts = [p if p.endswith(b"\n") else p + b"\n" for k, p in frames if k == ACCEPTED]
                 if not frames:
                     break
-                parts += [p if p.endswith(b"\n") else p + b"\n" for k, p in frames if k == ACCEPTED]
-            if not parts:
-                continue
-            df = pl.read_ndjson(io.BytesIO(b"".join(parts)), schema={"edge_node": pl.String,
-                                                                     "edge_stream": pl.String,
-                                                                     "edge_seq": pl.Int64})
-            top = df.drop_nulls().group_by("edge_node", "edge_stream").agg(pl.col("edge_seq").max())
-            for node, stream, seq in top.iter_rows():
-                if seq > self.acked.get((node, stream), 0):
-                    logger.info("edge receiver: %s/%s has records up to %d in the intake log", node, stream, seq)
-                    self._store(node, stream, seq)
+                if parts:
+                    self._advance_from(b"".join(parts))
+
+    def _advance_from(self, ndjson: bytes) -> None:
+        df = pl.read_ndjson(io.BytesIO(ndjson), schema={"edge_node": pl.String, "edge_stream": pl.String,
+                                                        "edge_seq": pl.Int64})
+        top = df.drop_nulls().group_by("edge_node", "edge_stream").agg(pl.col("edge_seq").max())
+        for node, stream, seq in top.iter_rows():
+            if seq > self.acked.get((node, stream), 0):
+                logger.info("edge receiver: %s/%s has records up to %d in the intake log", node, stream, seq)
+                self._store(node, stream, seq)
 
     def _store(self, node: str, stream: str, seq: int) -> None:
         self._db.execute("INSERT INTO edge_acks VALUES (?, ?, ?) ON CONFLICT (node, stream) DO UPDATE SET "
