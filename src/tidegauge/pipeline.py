@@ -153,12 +153,14 @@ class SinkConfig(msgspec.Struct, **_Strict):
     mqtt: MqttSinkSection | None = None
     nats: NatsSinkSection | None = None
     redis: RedisSinkSection | None = None
+    outbox: str | None = None
+    """an edge outbox stream (forwarded upstream; only under ``tidegauge agent --pipeline``)"""
     format: Literal["csv", "jsonl", "parquet"] | None = None
     name: str | None = None
 
 
 _SOURCE_KINDS = ("file", "simulator", "mqtt", "nats", "redis", "http")
-_SINK_KINDS = ("file", "postgres", "mqtt", "nats", "redis")
+_SINK_KINDS = ("file", "postgres", "mqtt", "nats", "redis", "outbox")
 
 
 class WindowConfig(msgspec.Struct, **_Strict):
@@ -511,6 +513,10 @@ def _sink(s: SinkConfig, base: Path, where: str) -> Any:
 
             r = s.redis
             return RedisSink(r.key, url=r.url, field=r.field, maxlen=r.maxlen, name=s.name)
+        if s.outbox is not None:
+            from tidegauge.edge.sink import pipeline_outbox_sink
+
+            return pipeline_outbox_sink(s.outbox, name=s.name)
     except (ValueError, TypeError) as exc:
         kind = next(k for k in _SINK_KINDS if getattr(s, k) is not None)
         raise ConfigError(f"{where}.{kind}: {exc}") from None

@@ -29,8 +29,18 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # Each command lives in its own module; importing it registers it on `app`.
-    import tidegauge.cli.report  # noqa: F401
-    from tidegauge.cli import alerts, bench, checkpoint, demo, eval, run, serve, simulate  # noqa: F401
+    from tidegauge.cli import (  # noqa: F401
+        agent,
+        alerts,
+        bench,
+        checkpoint,
+        demo,
+        eval,
+        report,
+        run,
+        serve,
+        simulate,
+    )
 
 
 def main() -> None:

@@ -39,6 +39,10 @@ def serve(
                                              show_envvar=True)] = None,
     hash_token: Annotated[str | None, typer.Option("--hash-token", help="Print the stored form of a token and exit.",
                                                    envvar="TIDEGAUGE_HASH_TOKEN", show_envvar=True)] = None,
+    edge_db: Annotated[Path | None, typer.Option(
+        "--edge-db", help="Accept edge agents' batches (POST /api/v1/edge/batches), de-duplicated in this SQLite "
+        "file: stream X goes to the http source named edge_X, others to the first http source.",
+        envvar="TIDEGAUGE_EDGE_DB", show_envvar=True)] = None,
 ) -> None:
     """Run a pipeline and its HTTP server until Ctrl-C (then checkpoint and stop)."""
     from tidegauge.server import hash_token as _hash
@@ -54,21 +58,27 @@ def serve(
                           "pipeline")
     built = build_pipeline(loaded, base_dir=pipeline.parent)
     runner, config = served_runner(pipeline, loaded, built, host=host, port=port)
-    result = run_served(runner, config, built.alerting, environ=os.environ)
+    receiver = None
+    if edge_db is not None:
+        from tidegauge.edge.receiver import receiver_for_flow
+
+        receiver = receiver_for_flow(runner.flow, edge_db)
+    result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver)
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "
                f"{result.checkpoints} checkpoints")
     if built.alerting is not None:
         typer.echo(built.alerting.summary())
 
 
-def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any) -> Any:
+def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any, **parts: Any) -> Any:
     """Serve ``runner`` (with the alert API when the pipeline has an ``alerts:`` section) until it ends or a
-    signal stops it; the alert manager is closed afterwards."""
+    signal stops it; the alert manager is closed afterwards. ``parts`` go to :func:`tidegauge.server.serve`
+    (``edge_receiver``, ...)."""
     from tidegauge.server import serve as _serve
 
     try:
         return asyncio.run(_serve(runner, server, environ=environ,
-                                  alerts=None if alerting is None else alerting.manager))
+                                  alerts=None if alerting is None else alerting.manager, **parts))
     finally:
         if alerting is not None:
             alerting.close()

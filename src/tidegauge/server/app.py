@@ -47,6 +47,7 @@ from tidegauge.server.validation import RecordValidator
 
 if TYPE_CHECKING:
     from tidegauge.alerting.manager import AlertManager
+    from tidegauge.edge.receiver import EdgeReceiver
 
 __all__ = ["ServerState", "build_app", "serve"]
 
@@ -81,12 +82,13 @@ class ServerState:
 
 
 def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
-              alerts: AlertManager | None = None) -> Starlette:
+              alerts: AlertManager | None = None, edge_receiver: EdgeReceiver | None = None) -> Starlette:
     """The ASGI app serving ``runner``'s flow (a :class:`~tidegauge.dataflow.Runner`, built or running).
 
     ``environ`` gives the clear tokens of tokens configured by ``env`` (the server config layer passes
     ``os.environ``; library code passes what it wants). ``alerts`` (the manager the flow's ``AlertStep``
     shares) adds the alert and silence endpoints and the alerting metrics (:mod:`tidegauge.server.alerts`).
+    ``edge_receiver`` adds ``POST /api/v1/edge/batches`` (:mod:`tidegauge.edge.receiver`) and its metrics.
     """
     sources = {nid: n.definition for nid, n in runner.flow.nodes.items()
                if n.kind == "source" and isinstance(n.definition, HttpIngestSource)}
@@ -126,6 +128,9 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
 
         registry.register(AlertCollector(alerts))
         routes += alert_routes(alerts)
+    if edge_receiver is not None:
+        registry.register(edge_receiver.collector())
+        routes += edge_receiver.routes()
     app = Starlette(routes=routes)
     app.state.tg = state
     app.state.alerts = alerts
@@ -183,7 +188,7 @@ async def openapi(request: Request) -> Response:
 
 
 _ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/sensors", "/api/v1/windows", "/api/v1/anomalies",
-           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json")
+           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json", "/api/v1/edge/batches")
 
 
 class _ObserveMiddleware:
@@ -223,7 +228,7 @@ class _ObserveMiddleware:
 
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
                 alerts: AlertManager | None = None, started: asyncio.Event | None = None,
-                handle_signals: bool = True) -> Any:
+                handle_signals: bool = True, edge_receiver: EdgeReceiver | None = None) -> Any:
     """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
@@ -238,7 +243,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         from tidegauge.errors import MissingDependencyError
 
         raise MissingDependencyError("uvicorn", "server") from exc
-    app = build_app(runner, config, environ=environ, alerts=alerts)
+    app = build_app(runner, config, environ=environ, alerts=alerts, edge_receiver=edge_receiver)
     state: ServerState = app.state.tg
     tls: dict[str, Any] = {}
     if config.tls is not None:

@@ -1,0 +1,135 @@
+"""``tidegauge agent``: run the edge agent (local pipeline, durable outbox, uplink, heartbeats).
+
+::
+
+    tidegauge agent --id gw-1 --upstream https://cloud:8080 --token $TOKEN --data-dir /var/lib/tidegauge
+
+Every flag has an environment variable (``TIDEGAUGE_AGENT_*``, shown in ``--help``). SIGINT/SIGTERM stop it
+after a final checkpoint; the outbox keeps what was not forwarded for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tidegauge.cli import app
+
+logger = logging.getLogger(__name__)
+
+
+def _opt(help: str, env: str, *names: str) -> Any:
+    return typer.Option(*names, help=help, envvar=f"TIDEGAUGE_AGENT_{env}", show_envvar=True)
+
+
+@app.command()
+def agent(
+    id: Annotated[str, _opt("The agent's id (unique in the fleet).", "ID", "--id")],
+    upstream: Annotated[str, _opt("Base URL of the upstream tidegauge server.", "UPSTREAM", "--upstream")],
+    data_dir: Annotated[Path, _opt("Outbox, checkpoints and local state.", "DATA_DIR", "--data-dir")],
+    token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest).", "TOKEN", "--token")] = None,
+    pipeline: Annotated[Path | None, _opt("A pipeline YAML to run instead of the default simulated fleet; "
+                                          "its 'sink: {outbox: STREAM}' sinks are forwarded.", "PIPELINE",
+                                          "--pipeline")] = None,
+    forward: Annotated[str, _opt("Streams to forward, comma-separated: readings, windows, anomalies, alerts.",
+                                 "FORWARD", "--forward")] = "readings,windows,anomalies,alerts",
+    sensors: Annotated[int, _opt("Simulated sensors (default pipeline).", "SENSORS", "--sensors")] = 200,
+    rate: Annotated[float, _opt("Simulated readings per second.", "RATE", "--rate")] = 2000.0,
+    seed: Annotated[int, _opt("Simulator seed.", "SEED", "--seed")] = 42,
+    limit: Annotated[int | None, _opt("Stop the simulator after this many readings (keeps forwarding).",
+                                      "LIMIT", "--limit")] = None,
+    detect: Annotated[bool, _opt("Run the anomaly detector locally.", "DETECT", "--detect/--no-detect")] = True,
+    listen: Annotated[str | None, _opt("host:port of the agent's /metrics, /healthz, /status.", "LISTEN",
+                                       "--listen")] = "127.0.0.1:8781",
+    checkpoint_interval: Annotated[str, _opt("How often the flow checkpoints (records become sendable).",
+                                             "CHECKPOINT_INTERVAL", "--checkpoint-interval")] = "1s",
+    heartbeat_interval: Annotated[str, _opt("How often to send a heartbeat.", "HEARTBEAT_INTERVAL",
+                                            "--heartbeat-interval")] = "5s",
+    fsync: Annotated[str, _opt("Outbox durability: checkpoint, always or os.", "FSYNC", "--fsync")] = "checkpoint",
+    max_bytes: Annotated[str | None, _opt("Outbox limit per stream, e.g. readings=100MiB,alerts=10MiB.",
+                                          "MAX_BYTES", "--max-bytes")] = None,
+    overflow: Annotated[str | None, _opt("Overflow policy per stream, e.g. readings=drop_oldest,"
+                                         "alerts=reject_new.", "OVERFLOW", "--overflow")] = None,
+    max_age: Annotated[str | None, _opt("Age limit per stream, e.g. readings=1d.", "MAX_AGE", "--max-age")] = None,
+    batch_records: Annotated[int, _opt("Largest batch sent upstream (records).", "BATCH_RECORDS",
+                                       "--batch-records")] = 10_000,
+    location: Annotated[str | None, _opt("lat,lon of the gateway (for geo assignment).", "LOCATION",
+                                         "--location")] = None,
+    labels: Annotated[str | None, _opt("Labels, e.g. site=north,line=2.", "LABELS", "--labels")] = None,
+    follow_assignment: Annotated[bool, _opt("Process only the sensors the coordinator assigns (once it has).",
+                                            "FOLLOW_ASSIGNMENT", "--follow-assignment/--all-sensors")] = False,
+) -> None:
+    """Run the edge agent until Ctrl-C: local pipeline, durable outbox, forwarding upstream."""
+    import msgspec
+
+    from tidegauge.edge.agent import DEFAULT_STREAMS, AgentConfig, run_agent
+    from tidegauge.edge.outbox import StreamPolicy
+    from tidegauge.edge.uplink import UplinkConfig
+    from tidegauge.errors import ConfigError
+    from tidegauge.server.config import parse_size
+
+    names = [s.strip() for s in forward.split(",") if s.strip()]
+    unknown = [n for n in names if n not in DEFAULT_STREAMS]
+    if unknown and pipeline is None:
+        raise ConfigError(f"--forward: unknown stream(s) {', '.join(unknown)}; use {', '.join(DEFAULT_STREAMS)} "
+                          "(or name the outbox streams of a --pipeline file)")
+    streams = {n: DEFAULT_STREAMS.get(n, StreamPolicy()) for n in names}
+    for flag, text, field in (("--max-bytes", max_bytes, "max_bytes"), ("--overflow", overflow, "overflow"),
+                              ("--max-age", max_age, "max_age")):
+        for stream, value in _pairs(flag, text).items():
+            if stream not in streams:
+                raise ConfigError(f"{flag}: {stream!r} is not forwarded (--forward {forward})")
+            v: object = parse_size(value, name=flag) if field == "max_bytes" else value
+            streams[stream] = msgspec.structs.replace(streams[stream], **{field: v})
+    loc = None
+    if location:
+        try:
+            lat, lon = (float(x) for x in location.split(","))
+        except ValueError:
+            raise ConfigError(f"--location {location!r}: use lat,lon (e.g. 52.37,4.89)") from None
+        loc = (lat, lon)
+    config = AgentConfig(node_id=id, upstream=upstream, data_dir=str(data_dir), token=token, streams=streams,
+                         fsync=fsync, uplink=UplinkConfig(batch_records=batch_records),  # type: ignore[arg-type]
+                         checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
+                         sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
+                         location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment)
+    flow = None
+    if pipeline is not None:
+        from tidegauge.edge.sink import agent_outbox
+        from tidegauge.pipeline import build_pipeline, load_pipeline
+
+        parsed = load_pipeline(pipeline)
+
+        def flow(outbox: Any) -> Any:
+            # `sink: {outbox: STREAM}` in the file writes to this agent's outbox
+            with agent_outbox(outbox, streams):
+                return build_pipeline(parsed, base_dir=pipeline.parent).flow
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        result = await run_agent(config, flow=flow, stop=stop)
+        typer.echo(f"agent {id}: {result.records_in:,} records in, {result.checkpoints} checkpoints")
+
+    asyncio.run(main())
+
+
+def _pairs(flag: str, text: str | None) -> dict[str, str]:
+    from tidegauge.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise ConfigError(f"{flag}: {item!r} is not name=value")
+        out[k.strip()] = v.strip()
+    return out

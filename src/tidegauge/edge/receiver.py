@@ -1,0 +1,329 @@
+"""The upstream end of the uplink: ``POST /api/v1/edge/batches`` (scope ``ingest``).
+
+Each batch (see :mod:`tidegauge.edge.wire`) is de-duplicated by ``(agent, stream, sequence)``: the receiver
+keeps, per agent and stream, the highest sequence number it has (the records are contiguous, so that one
+number is the whole de-duplication state). New records are appended to the intake log of the stream's
+:class:`~tidegauge.connectors.http.HttpIngestSource` (durable before the answer), so the upstream flow
+reads them with that source's exactly-once guarantee; then the number is stored in SQLite and
+acknowledged.
+
+Surviving a restart: the records carry ``edge_node``/``edge_stream``/``edge_seq``, so when the receiver
+opens it also scans the intake logs and takes the highest sequence found there: a crash between the log
+append and the SQLite update does not forget what was appended.
+
+Alerts: for the streams named in ``alert_streams`` the receiver calls ``pager`` with the transitions that
+should page (``edge_page`` true): a replayed alert that resolved while the link was down is recorded (in
+the flow, like every record) and not paged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import polars as pl
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from tidegauge.alerting.notifiers import Notifier
+from tidegauge.connectors.http import ACCEPTED, READING_SCHEMA, FieldType, HttpIngestSource
+from tidegauge.edge import wire
+from tidegauge.server.ingest import error, json_response
+
+__all__ = ["DEFAULT_SCHEMAS", "EDGE_FIELDS", "EdgeReceiver", "NotifierPager", "edge_sources", "receiver_for_flow"]
+
+logger = logging.getLogger(__name__)
+
+Pager = Callable[[str, Sequence[Mapping[str, Any]]], None]
+"""``pager(node_id, transitions)``: notify for these alert transitions (dicts of the alert stream's columns)."""
+
+
+class EdgeReceiver:
+    """De-duplicating intake of agent batches into the upstream flow.
+
+    Parameters
+    ----------
+    sources:
+        Stream name -> the :class:`HttpIngestSource` of the upstream flow that takes that stream's records
+        (its schema should list ``edge_node``, ``edge_stream``, ``edge_seq``, ``edge_replay`` to keep them).
+        The key ``"*"`` takes any other stream.
+    db:
+        SQLite file of the per-agent, per-stream acknowledged sequence numbers.
+    alert_streams:
+        Streams whose records are alert transitions (``fingerprint``, ``state``, ``at``, ...).
+    pager:
+        Called with the transitions to notify for (see :class:`NotifierPager`).
+    max_body_bytes:
+        Largest batch accepted (413 above).
+    order_timeout_s:
+        How long a batch waits for its predecessor (sent on another connection) before a 409.
+    """
+
+    def __init__(self, sources: Mapping[str, HttpIngestSource], db: str | Path, *,
+                 alert_streams: Sequence[str] = ("alerts",), pager: Pager | None = None,
+                 max_body_bytes: int = 32 * 1024 * 1024, order_timeout_s: float = 5.0) -> None:
+        if not sources:
+            raise ValueError("EdgeReceiver needs at least one source (stream name -> HttpIngestSource)")
+        self.sources = dict(sources)
+        self.alert_streams = frozenset(alert_streams)
+        self.pager = pager
+        self.max_body_bytes = max_body_bytes
+        self.path = Path(db)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a power loss may lose the last updates, which the scan of the intake logs at open restores
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS edge_acks (node TEXT NOT NULL, stream TEXT NOT NULL, "
+                         "acked INTEGER NOT NULL, PRIMARY KEY (node, stream))")
+        self.acked: dict[tuple[str, str], int] = {
+            (n, s): a for n, s, a in self._db.execute("SELECT node, stream, acked FROM edge_acks")}
+        self._conds: dict[tuple[str, str], asyncio.Condition] = {}
+        self.order_timeout_s = order_timeout_s
+        self.counts: dict[str, dict[tuple[str, str], int]] = {
+            k: {} for k in ("batches", "records", "replayed", "duplicates", "dropped_at_edge", "paged",
+                            "recorded_only")}
+        self.last_batch_at: dict[str, float] = {}
+        self._recover_from_logs()
+
+    def _recover_from_logs(self) -> None:
+        seen = set()
+        for src in self.sources.values():
+            if id(src) in seen:
+                continue
+            seen.add(id(src))
+            log = src.open_log()
+            offset = log.start
+            while offset < log.durable:
+                # a chunk at a time (the log may hold a long replay not checkpointed yet)
+                frames, offset = log.read(offset, 200_000)
+                parts = [p if p.endswith(b"\n") else p + b"\n" for k, p in frames if k == ACCEPTED]
+                if not frames:
+                    break
+                if parts:
+                    self._advance_from(b"".join(parts))
+
+    def _advance_from(self, ndjson: bytes) -> None:
+        df = pl.read_ndjson(io.BytesIO(ndjson), schema={"edge_node": pl.String, "edge_stream": pl.String,
+                                                        "edge_seq": pl.Int64})
+        top = df.drop_nulls().group_by("edge_node", "edge_stream").agg(pl.col("edge_seq").max())
+        for node, stream, seq in top.iter_rows():
+            if seq > self.acked.get((node, stream), 0):
+                logger.info("edge receiver: %s/%s has records up to %d in the intake log", node, stream, seq)
+                self._store(node, stream, seq)
+
+    def _store(self, node: str, stream: str, seq: int) -> None:
+        self._db.execute("INSERT INTO edge_acks VALUES (?, ?, ?) ON CONFLICT (node, stream) DO UPDATE SET "
+                         "acked = excluded.acked", (node, stream, seq))
+        self.acked[(node, stream)] = seq
+
+    def _count(self, what: str, node: str, stream: str, n: int) -> None:
+        if n:
+            d = self.counts[what]
+            d[(node, stream)] = d.get((node, stream), 0) + n
+
+    def routes(self) -> list[BaseRoute]:
+        """The Starlette routes to mount in the upstream app (``build_app(..., edge_receiver=...)``)."""
+        return [Route(wire.PATH, self.handle, methods=["POST"])]
+
+    def collector(self) -> Collector:
+        return _ReceiverCollector(self)
+
+    async def handle(self, request: Request) -> Response:
+        state = request.app.state.tg
+        who = state.authorize(request.headers.get("authorization"), "ingest")
+        if isinstance(who, Response):
+            return who
+        h = request.headers
+        try:
+            node, stream = h[wire.NODE], h[wire.STREAM]
+            first, last = int(h[wire.FIRST]), int(h[wire.LAST])
+            prev = int(h.get(wire.PREV, first - 1))
+        except (KeyError, ValueError):
+            return error(400, f"an edge batch needs the headers {wire.NODE}, {wire.STREAM}, {wire.FIRST}, "
+                              f"{wire.LAST} (integers for the sequence numbers)")
+        if not node or not stream or first < 1 or last < first or not 0 <= prev < first:
+            return error(400, f"bad batch {wire.idempotency_key(node, stream, first, last)}: sequence numbers "
+                              f"start at 1, last >= first and 0 <= {wire.PREV} < first")
+        source = self.sources.get(stream, self.sources.get("*"))
+        if source is None:
+            return error(404, f"no upstream source takes edge stream {stream!r}; configure one")
+        if source.saturated():
+            return error(503, "the pipeline is behind; retry later", retry_after=1)
+        body = await request.body()
+        if len(body) > self.max_body_bytes:
+            return error(413, f"batch of {len(body)} bytes is over the limit of {self.max_body_bytes}")
+        lines = body.splitlines()
+        if len(lines) != last - first + 1:
+            return error(400, f"batch {first}-{last} must have {last - first + 1} records, it has {len(lines)}")
+        key = (node, stream)
+        cond = self._conds.setdefault(key, asyncio.Condition())
+        async with cond:
+            if self.acked.get(key, 0) < prev:
+                # its predecessor is still on its way (another connection): apply them in order
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait_for(lambda: self.acked.get(key, 0) >= prev),
+                                           self.order_timeout_s)
+            have = self.acked.get(key, 0)
+            if have < prev:
+                return json_response({"error": f"records {have + 1}-{prev} of {node}/{stream} have not arrived; "
+                                               f"send from {have + 1}", "acked": have}, 409)
+            if last <= have:
+                self._count("duplicates", node, stream, len(lines))
+                return json_response({"acked": have, "accepted": 0, "duplicates": len(lines)})
+            skip = max(0, have - first + 1)
+            new = lines[skip:]
+            gap = max(0, first - have - 1)  # <= first - 1 - prev: numbers the agent says it dropped
+            if gap:
+                logger.info("edge %s/%s: records %d-%d were dropped at the edge", node, stream, have + 1, first - 1)
+                self._count("dropped_at_edge", node, stream, gap)
+            data = body if not skip else b"\n".join(new) + b"\n"
+            await source.open_log().append(data if data.endswith(b"\n") else data + b"\n", len(new), [])
+            self._store(node, stream, last)
+            self._count("batches", node, stream, 1)
+            self._count("records", node, stream, len(new))
+            self._count("duplicates", node, stream, skip)
+            if h.get(wire.REPLAY) == "1":
+                self._count("replayed", node, stream, len(new))
+            self.last_batch_at[node] = time.time()
+            cond.notify_all()
+        if stream in self.alert_streams:
+            self._page(node, stream, new)
+        return json_response({"acked": last, "accepted": len(new), "duplicates": skip})
+
+    def _page(self, node: str, stream: str, lines: list[bytes]) -> None:
+        records = [msgspec.json.decode(line) for line in lines]
+        pages = [r for r in records if r.get("edge_page") is True]
+        self._count("paged", node, stream, len(pages))
+        self._count("recorded_only", node, stream, len(records) - len(pages))
+        if pages and self.pager is not None:
+            try:
+                self.pager(node, pages)
+            except Exception:  # a failing pager must not fail the batch: the records are stored already
+                logger.exception("edge %s: paging %d alert transitions failed", node, len(pages))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class NotifierPager:
+    """A pager sending each transition to notifiers as an Alertmanager (v4) webhook payload.
+
+    Delivery happens in a background thread so a slow receiver never holds an agent's batch.
+    """
+
+    def __init__(self, notifiers: Sequence[Notifier], *, external_url: str = "") -> None:
+        self.notifiers = list(notifiers)
+        self.external_url = external_url
+
+    def __call__(self, node: str, transitions: Sequence[Mapping[str, Any]]) -> None:
+        alerts = []
+        for t in transitions:
+            try:
+                labels = msgspec.json.decode(t.get("labels") or "{}")
+            except msgspec.DecodeError:
+                labels = {"labels": str(t.get("labels"))}
+            firing = t.get("state") != "resolved"
+            alerts.append({
+                "status": "firing" if firing else "resolved",
+                "labels": {**labels, "alertname": str(t.get("rule", "")), "edge_node": node,
+                           "severity": str(t.get("severity", ""))},
+                "annotations": {},
+                "startsAt": str(t.get("at")) if firing else "",
+                "endsAt": "" if firing else str(t.get("at")),
+                "fingerprint": str(t.get("fingerprint", "")),
+            })
+        for notifier in self.notifiers:
+            items = [a for a in alerts if a["status"] == "firing" or notifier.send_resolved]
+            if not items:
+                continue
+            payload = {"version": "4", "groupKey": f"edge:{node}", "truncatedAlerts": 0,
+                       "status": "firing" if any(a["status"] == "firing" for a in items) else "resolved",
+                       "receiver": notifier.name, "groupLabels": {"edge_node": node}, "commonLabels": {},
+                       "commonAnnotations": {}, "externalURL": self.external_url, "alerts": items}
+            asyncio.get_running_loop().run_in_executor(None, notifier.send, payload)
+
+
+class _ReceiverCollector(Collector):
+    def __init__(self, receiver: EdgeReceiver) -> None:
+        self.r = receiver
+
+    def collect(self) -> Any:
+        helps = {
+            "batches": "Edge batches accepted", "records": "Edge records accepted (new)",
+            "replayed": "Edge records accepted from backlog replay", "duplicates": "Edge records already had",
+            "dropped_at_edge": "Edge records the agent's outbox dropped (gaps in the sequence)",
+            "paged": "Edge alert transitions notified", "recorded_only": "Edge alert transitions recorded, not paged",
+        }
+        for what, text in helps.items():
+            c = CounterMetricFamily(f"tidegauge_edge_{what}", text, labels=["node", "stream"])
+            for (node, stream), n in self.r.counts[what].items():
+                c.add_metric([node, stream], n)
+            yield c
+        g = GaugeMetricFamily("tidegauge_edge_acked_seq", "Highest sequence number received per agent and stream",
+                              labels=["node", "stream"])
+        for (node, stream), n in self.r.acked.items():
+            g.add_metric([node, stream], n)
+        yield g
+
+
+EDGE_FIELDS: dict[str, FieldType] = {"edge_node": "str", "edge_stream": "str", "edge_seq": "int",
+                                     "edge_replay": "bool"}
+"""The fields every forwarded record carries (see :mod:`tidegauge.edge.wire`)."""
+
+_AGG: dict[str, FieldType] = {
+    f"{f}_{a}": ("int" if a == "count" else "float")
+    for f in ("temperature", "vibration", "power_consumption") for a in ("count", "mean", "min", "max")
+}
+DEFAULT_SCHEMAS: dict[str, tuple[dict[str, FieldType], str, str]] = {
+    "readings": (dict(READING_SCHEMA), "sensor_id", "timestamp"),
+    "anomalies": ({**READING_SCHEMA, "score": "float", "is_anomaly": "bool", "detector": "str"},
+                  "sensor_id", "timestamp"),
+    "windows": ({"sensor_id": "str", "window_start": "timestamp", "window_end": "timestamp", **_AGG,
+                 "score_max": "float"}, "sensor_id", "window_end"),
+    "alerts": ({"at": "timestamp", "fingerprint": "str", "rule": "str", "severity": "str", "state": "str",
+                "labels": "str", "edge_page": "bool"}, "fingerprint", "at"),
+}
+"""Schema, key and time field of the streams of the agent's default pipeline."""
+
+
+def edge_sources(log_dir: str | Path, streams: Sequence[str] = tuple(DEFAULT_SCHEMAS), *,
+                 durability: Literal["fsync", "os"] = "fsync") -> dict[str, HttpIngestSource]:
+    """One :class:`HttpIngestSource` per stream of the agent's default pipeline (``log_dir/<stream>``).
+
+    Add them to the upstream flow (``flow.source(src, name=...)``) and pass the mapping to
+    :class:`EdgeReceiver`.
+    """
+    out = {}
+    for s in streams:
+        if s not in DEFAULT_SCHEMAS:
+            raise ValueError(f"no default schema for edge stream {s!r}; build its HttpIngestSource yourself")
+        schema, key, time_field = DEFAULT_SCHEMAS[s]
+        out[s] = HttpIngestSource(Path(log_dir) / s, schema={**schema, **EDGE_FIELDS}, key=key, time=time_field,
+                                  durability=durability, name=f"edge_{s}")
+    return out
+
+
+def receiver_for_flow(flow: Any, db: str | Path, **options: Any) -> EdgeReceiver:
+    """An :class:`EdgeReceiver` over a flow's HTTP sources: stream ``X`` -> the source named ``edge_X``,
+    any other stream -> the first HTTP source (``tidegauge serve --edge-db``)."""
+    http = [n.definition for n in flow.nodes.values()
+            if n.kind == "source" and isinstance(n.definition, HttpIngestSource)]
+    if not http:
+        from tidegauge.errors import ConfigError
+
+        raise ConfigError("edge batches need an http source in the pipeline (source: {http: {...}})")
+    sources = {str(s.name)[len("edge_"):]: s for s in http if str(s.name).startswith("edge_")}
+    sources.setdefault("*", http[0])
+    return EdgeReceiver(sources, db, **options)
