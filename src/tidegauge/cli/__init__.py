@@ -29,7 +29,7 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # Each command lives in its own module; importing it registers it on `app`.
-    from tidegauge.cli import alerts, bench, checkpoint, demo, eval, run, serve, simulate  # noqa: F401
+    from tidegauge.cli import alerts, bench, checkpoint, demo, edge, eval, run, serve, simulate  # noqa: F401
 
 
 def main() -> None:
