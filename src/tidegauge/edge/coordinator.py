@@ -15,6 +15,12 @@ processing when it cannot reach the coordinator for ``lease_s`` (the heartbeat t
 coordinator has released its sensors). A heartbeat reporting a sensor that another agent holds is counted
 as a *conflict* (``conflicts``), which should stay 0.
 
+For one ``settle`` period after the coordinator starts (default: the heartbeat timeout) it grants nothing
+and asks no agent to drop anything: it only learns, from the heartbeats, which agent runs what. By the end
+of it every agent still running sensors under an earlier coordinator's assignment has either reported them
+or let its lease lapse, so a coordinator that lost its state (or starts cold while agents run) never
+grants a sensor that an agent it has not heard from yet is processing.
+
 The target is recomputed when membership changes (an agent comes online or goes offline) and when sensors
 are added, not on every heartbeat, so load figures moving about do not churn the assignment. State is
 evaluated lazily: every heartbeat, query and poll of the heartbeat source first expires timed-out agents
@@ -33,7 +39,7 @@ from typing import Any
 
 import polars as pl
 
-from tidegauge._time import Clock, Duration
+from tidegauge._time import Clock, Duration, parse_duration
 from tidegauge.edge.heartbeat import Assignment, Heartbeat
 from tidegauge.edge.policy import Detection, DetectionPolicy
 from tidegauge.edge.registry import AgentRegistry
@@ -59,6 +65,8 @@ class Coordinator:
     ----------
     strategy:
         One of :data:`~tidegauge.edge.strategies.STRATEGIES`.
+    settle:
+        How long after start the coordinator only learns (default: ``heartbeat_timeout``).
     heartbeat_timeout, availability_window:
         See :class:`~tidegauge.edge.registry.AgentRegistry`.
     sensors:
@@ -74,7 +82,7 @@ class Coordinator:
     def __init__(self, strategy: StrategyName = "consistent_hash", *, heartbeat_timeout: Duration = "15s",
                  availability_window: Duration = "1h", sensors: Iterable[SensorInfo] = (),
                  store: str | Path | None = None, policy: DetectionPolicy | None = None,
-                 clock: Clock | None = None, vnodes: int = DEFAULT_VNODES) -> None:
+                 clock: Clock | None = None, vnodes: int = DEFAULT_VNODES, settle: Duration | None = None) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         self.strategy: StrategyName = strategy
@@ -84,6 +92,9 @@ class Coordinator:
         self.registry = AgentRegistry(timeout=heartbeat_timeout, window=availability_window, clock=clock,
                                       store=self.store)
         self._lock = threading.RLock()
+        self.settle_until_us = self.registry.now_us() + (
+            self.registry.timeout_us if settle is None else parse_duration(settle, name="settle"))
+        self._settled = False
         self.catalog: dict[str, SensorInfo] = {s.sensor_id: s for s in self.store.load_sensors()}
         self.holder: dict[str, str] = self.store.load_holders()
         self.held: dict[str, set[str]] = {}
@@ -147,7 +158,10 @@ class Coordinator:
     def tick(self) -> None:
         """Expire timed-out agents and move their sensors (done by every other call too)."""
         with self._lock:
-            if self._expire() or self._dirty:
+            gone = self._expire()
+            settled = not self._settled and self.registry.now_us() >= self.settle_until_us
+            self._settled = self._settled or settled
+            if gone or settled or self._dirty:
                 self._step()
 
     # the handshake -------------------------------------------------------------------------------------
@@ -216,12 +230,15 @@ class Coordinator:
             for s, node in self.target.items():
                 self.targeted.setdefault(node, set()).add(s)
             self._dirty = False
-        for s in sorted(self._free):
-            t = self.target.get(s)
-            if t is not None and t in online:
-                self._hold(s, t)
+        settling = self.registry.now_us() < self.settle_until_us
+        if not settling:
+            for s in sorted(self._free):
+                t = self.target.get(s)
+                if t is not None and t in online:
+                    self._hold(s, t)
         for node, a in online.items():
-            want = frozenset(self.held.get(node, set()) & self.targeted.get(node, set()))
+            held = self.held.get(node, set())
+            want = frozenset(held if settling else held & self.targeted.get(node, set()))
             if want != a.announced:
                 a.announced, a.generation = want, a.generation + 1
                 self._touched.add(node)
