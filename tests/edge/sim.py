@@ -27,6 +27,8 @@ class SimAgent:
     lease_s: float = 0.0
 
     def beat(self, c: Coordinator, now_us: int) -> Assignment:
+        if self.lease_s and now_us - self.last_ok_us > self.lease_s * S:
+            self.sensors = []  # an obedient agent stops when its lease lapsed
         hb = Heartbeat(node_id=self.node_id, sent_at_us=now_us, version="test", location=self.location,
                        capacity=self.capacity, resources=Resources(cpu_pct=10.0, battery_pct=self.battery),
                        sensors=list(self.sensors), generation=self.generation, load=float(len(self.sensors)))

@@ -8,6 +8,7 @@
       availability_window: 1h
       store: coordinator.db          # SQLite file (relative to the pipeline file); keeps state across restarts
       sensors: {simulator: {sensors: 300, seed: 1}}   # or {file: sensors.csv} or {ids: [S1, S2]}
+      settle: 15s                    # after start, only learn who runs what for this long (default: timeout)
       from_readings: false           # also add every sensor seen in the flow's readings
       detection: {mode: edge_or_cloud, max_cpu_pct: 90, min_battery_pct: 20}
       heartbeats: {file: heartbeats.jsonl}   # optional: where the heartbeat records go (a sink section)
@@ -59,6 +60,8 @@ class CoordinatorConfig(msgspec.Struct, **_Strict):
     heartbeats: dict[str, Any] | None = None
     """a sink section for the heartbeat records (validated by the pipeline's sink rules)"""
     vnodes: int = DEFAULT_VNODES
+    settle: str | None = None
+    """how long after start the coordinator only learns (default: the heartbeat timeout)"""
 
 
 def parse_config(raw: Any) -> CoordinatorConfig:
@@ -81,9 +84,10 @@ def parse_config(raw: Any) -> CoordinatorConfig:
         raise ConfigError(f"at $.coordinator.vnodes: {config.vnodes}: use at least 1")
     from tidegauge._time import parse_duration
 
-    for name in ("heartbeat_timeout", "availability_window"):
+    for name in ("heartbeat_timeout", "availability_window", "settle"):
         try:
-            parse_duration(getattr(config, name), name=name)
+            if getattr(config, name) is not None:
+                parse_duration(getattr(config, name), name=name)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"at $.coordinator.{name}: {exc}") from None
     return config
@@ -97,8 +101,9 @@ def load_sensors(section: SensorsSection, base: Path = Path()) -> list[SensorInf
         from tidegauge.simulate import FleetConfig, FleetSimulator
 
         try:
-            fleet = msgspec.convert(section.simulator, FleetConfig, strict=False)
-        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            # keywords, not msgspec.convert: FleetConfig holds duration unions msgspec cannot convert into
+            fleet = FleetConfig(**section.simulator)
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"at $.coordinator.sensors.simulator: {exc}") from None
         # reading g comes from sensor g % sensors: the first `sensors` readings name each sensor once
         df = FleetSimulator(fleet).next_batch(fleet.sensors)
@@ -135,4 +140,4 @@ def build_coordinator(config: CoordinatorConfig, *, base_dir: str | Path = ".", 
     return Coordinator(config.strategy, heartbeat_timeout=config.heartbeat_timeout,
                        availability_window=config.availability_window, sensors=sensors,
                        store=None if config.store is None else base / config.store, policy=config.detection,
-                       clock=clock, vnodes=config.vnodes)
+                       clock=clock, vnodes=config.vnodes, settle=config.settle)

@@ -89,9 +89,9 @@ class EdgeHeartbeatSource:
     def __init__(self, coordinator: Coordinator, *, name: str = "edge_heartbeats") -> None:
         self.coordinator = coordinator
         self.name = name
+        coordinator.subscribe()  # from now on: records made before the flow starts wait for it
 
     def build(self, resume_state: Any | None) -> _HeartbeatLogic:
-        self.coordinator.subscribe()
         return _HeartbeatLogic(self.coordinator)
 
 
