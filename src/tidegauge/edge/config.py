@@ -111,7 +111,8 @@ def load_sensors(section: SensorsSection, base: Path = Path()) -> list[SensorInf
     if section.file is None:
         raise ConfigError("at $.coordinator.sensors: give one of simulator, file, ids")
     path = base / section.file
-    readers: dict[str, Callable[[Path], pl.DataFrame]] = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
+    readers: dict[str, Callable[[Path], pl.DataFrame]] = {
+        ".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
     reader = readers.get(path.suffix)
     if reader is None:
         raise ConfigError(f"at $.coordinator.sensors.file: {path}: use a .csv, .jsonl or .parquet file")
