@@ -70,7 +70,7 @@ def test_a_lapsed_agent_that_returns_with_its_old_sensors_is_a_counted_conflict(
     old = list(c.sensors)
     c.alive = False
     f.run(8)
-    c.sensors = old  # disobeys its lease: still claims the sensors
+    c.sensors, c.lease_s = old, 0.0  # disobeys its lease: still claims the sensors
     c.beat(f.c, f.clock.now_us())
     assert f.c.conflicts == len(old) > 0
     assert not set(c.sensors) & set(old)  # it is not given them back while others hold them

@@ -15,7 +15,7 @@ processing when it cannot reach the coordinator for ``lease_s`` (the heartbeat t
 coordinator has released its sensors). A heartbeat reporting a sensor that another agent holds is counted
 as a *conflict* (``conflicts``), which should stay 0.
 
-For one ``settle`` period after the coordinator starts (default: the heartbeat timeout) it grants nothing
+For one ``settle`` period from the first heartbeat it receives (default: the heartbeat timeout) it grants nothing
 and asks no agent to drop anything: it only learns, from the heartbeats, which agent runs what. By the end
 of it every agent still running sensors under an earlier coordinator's assignment has either reported them
 or let its lease lapse, so a coordinator that lost its state (or starts cold while agents run) never
@@ -66,7 +66,7 @@ class Coordinator:
     strategy:
         One of :data:`~tidegauge.edge.strategies.STRATEGIES`.
     settle:
-        How long after start the coordinator only learns (default: ``heartbeat_timeout``).
+        How long from its first heartbeat the coordinator only learns (default: ``heartbeat_timeout``).
     heartbeat_timeout, availability_window:
         See :class:`~tidegauge.edge.registry.AgentRegistry`.
     sensors:
@@ -92,8 +92,8 @@ class Coordinator:
         self.registry = AgentRegistry(timeout=heartbeat_timeout, window=availability_window, clock=clock,
                                       store=self.store)
         self._lock = threading.RLock()
-        self.settle_until_us = self.registry.now_us() + (
-            self.registry.timeout_us if settle is None else parse_duration(settle, name="settle"))
+        self.settle_us = self.registry.timeout_us if settle is None else parse_duration(settle, name="settle")
+        self.settle_until_us: int | None = None  # set by the first heartbeat
         self._settled = False
         self.catalog: dict[str, SensorInfo] = {s.sensor_id: s for s in self.store.load_sensors()}
         self.holder: dict[str, str] = self.store.load_holders()
@@ -145,6 +145,8 @@ class Coordinator:
     def heartbeat(self, hb: Heartbeat) -> Assignment:
         """Take an agent's heartbeat; returns its assignment."""
         with self._lock:
+            if self.settle_until_us is None:
+                self.settle_until_us = self.registry.now_us() + self.settle_us
             self._expire()
             a, came = self.registry.record(hb)
             self._touched.add(a.node_id)
@@ -159,7 +161,8 @@ class Coordinator:
         """Expire timed-out agents and move their sensors (done by every other call too)."""
         with self._lock:
             gone = self._expire()
-            settled = not self._settled and self.registry.now_us() >= self.settle_until_us
+            settled = not self._settled and self.settle_until_us is not None and \
+                self.registry.now_us() >= self.settle_until_us
             self._settled = self._settled or settled
             if gone or settled or self._dirty:
                 self._step()
@@ -230,7 +233,7 @@ class Coordinator:
             for s, node in self.target.items():
                 self.targeted.setdefault(node, set()).add(s)
             self._dirty = False
-        settling = self.registry.now_us() < self.settle_until_us
+        settling = self.settle_until_us is None or self.registry.now_us() < self.settle_until_us
         if not settling:
             for s in sorted(self._free):
                 t = self.target.get(s)
