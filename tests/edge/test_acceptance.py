@@ -231,6 +231,18 @@ def test_three_agents_300_sensors_failover_and_hand_back(tmp_path: Path, strateg
         if strategy != "least_loaded":
             cluster.wait_for(lambda: {s: n for n, ss in cluster.processing().items() for s in ss} == expected,
                              "the original assignment restored")
+        if strategy == "consistent_hash":  # the CLI, against the live server
+            cli = [sys.executable, "-m", "tidegauge", "edge"]
+            opts = ["--upstream", cluster.url, "--token", TOKEN]
+            listed = json.loads(subprocess.run([*cli, "agents", *opts, "--json"], capture_output=True, check=True,
+                                               env=cluster.env).stdout)
+            assert [r["node_id"] for r in listed] == ["gw-a", "gw-b", "gw-c"]
+            table = subprocess.run([*cli, "assignments", *opts, "--agent", "gw-a"], capture_output=True, text=True,
+                                   check=True, env={**cluster.env, "COLUMNS": "200"}).stdout
+            assert "sensors at" in table and "gw-a" in table
+            bad = subprocess.run([*cli, "agents", *opts[:2], "--token", "wrong"], capture_output=True, text=True,
+                                 env=cluster.env)
+            assert bad.returncode == 2 and "401" in bad.stderr
         metrics = cluster.client.get("/metrics").text
         assert "tidegauge_edge_assignment_conflicts_total 0.0" in metrics, metrics
         assert _check_no_double_processing(cluster, time.monotonic_ns()) > 0
