@@ -49,7 +49,8 @@ def main() -> None:
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     lat, lon = rng.uniform(-60, 60, a.sensors), rng.uniform(-180, 180, a.sensors)
-    sensors = [SensorInfo(f"sensor-{i:06d}", float(la), float(lo)) for i, (la, lo) in enumerate(zip(lat, lon))]
+    sensors = [SensorInfo(f"sensor-{i:06d}", float(la), float(lo))
+               for i, (la, lo) in enumerate(zip(lat, lon, strict=True))]
     cap = 2 * a.sensors  # capacity does not bind: the strategies' own placement is measured
     agents = [AgentInfo(f"gw-{j:03d}", cap, (float(rng.uniform(-60, 60)), float(rng.uniform(-180, 180))),
                         float(rng.uniform(0, 100)), 0) for j in range(a.agents)]

@@ -4,7 +4,8 @@ It "processes" exactly the sensors of the last assignment it received, from the 
 drops them all when it could not reach the coordinator for the assignment's lease. Every change of what it
 processes is appended to ``--log`` as one JSON line ``{"mono_ns", "wall_us", "generation", "sensors"}``
 (``mono_ns``: CLOCK_MONOTONIC, shared by every process on the machine), written *before* it starts
-processing the new set (and one line at the start, before the first heartbeat), so a test can check from these logs that no sensor ran on two agents at once.
+processing the new set (and one line at the start, before the first heartbeat), so a test can check
+from these logs that no sensor ran on two agents at once.
 
     python -m tests.edge.fake_agent --id gw-1 --upstream http://127.0.0.1:8080 --token T --log gw-1.jsonl
 """

@@ -67,7 +67,7 @@ class Cluster:
         self.tmp, self.port = tmp, _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.files = [open(tmp / "server.err", "w")]  # noqa: SIM115 (closed in close())
+        self.files = [open(tmp / "server.err", "w")]  # closed in close()
         self.server = subprocess.Popen([sys.executable, "-m", "tidegauge", "serve", str(_pipeline(tmp, strategy,
                                         self.port))], cwd=tmp, env=env, stderr=self.files[0])
         self.env = env
@@ -97,7 +97,7 @@ class Cluster:
     def start(self, node: str) -> None:
         loc, extra = AGENTS[node]
         self.logs[node] = self.tmp / f"{node}-{sum(n == node for n, _, _ in self.runs)}.jsonl"
-        self.files.append(open(self.tmp / f"{node}.err", "a"))  # noqa: SIM115 (closed in close())
+        self.files.append(open(self.tmp / f"{node}.err", "a"))  # closed in close()
         self.agents[node] = subprocess.Popen(
             [sys.executable, "-m", "tests.edge.fake_agent", "--id", node, "--upstream", self.url, "--token", TOKEN,
              "--log", str(self.logs[node]), "--interval", str(INTERVAL_S), f"--location={loc}",

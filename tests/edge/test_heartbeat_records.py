@@ -13,7 +13,7 @@ from tidegauge.dataflow import Flow, Runner
 from tidegauge.edge.coordinator import Coordinator
 from tidegauge.edge.flow import HEARTBEAT_SCHEMA, EdgeHeartbeatSource, heartbeat_frame
 from tidegauge.edge.strategies import SensorInfo
-from tidegauge.testing import MemorySink
+from tidegauge.testing import MemorySink, MemorySource
 
 
 def _firing(m: AlertManager) -> dict[str, set[str]]:
@@ -92,3 +92,28 @@ def test_heartbeat_source_in_a_running_flow() -> None:
     asyncio.run(main())
     got = pl.concat([df for df in out.frames if df.height])
     assert got["node_id"].to_list() == ["gw"] * 3 and got["heartbeat"].all()
+
+
+def test_sensor_discovery_and_cloud_only_steps_in_a_flow() -> None:
+    from tidegauge.edge.flow import CloudOnlyStep, SensorDiscoveryStep
+    from tidegauge.simulate import FleetConfig, FleetSimulator
+
+    clock = ManualClock(T0)
+    c = Coordinator("geo_proximity", heartbeat_timeout="5s", clock=clock, settle="0s")
+    readings = FleetSimulator(FleetConfig(sensors=20, seed=2)).next_batch(200)
+    # first pass: the flow discovers the fleet (with coordinates); no agent yet, so everything is cloud
+    flow = Flow("up")
+    out = MemorySink()
+    flow.source(MemorySource(readings, batch_rows=50)).then(SensorDiscoveryStep(c)).then(CloudOnlyStep(c)).sink(out)
+    flow.run()
+    assert len(c.catalog) == 20 and all(s.latitude is not None for s in c.catalog.values())
+    assert sum(df.height for df in out.frames) == 200
+    # an agent takes every sensor: the cloud side keeps nothing of them any more
+    f = Fleet(c, clock, [SimAgent("gw", location=(0.0, 0.0))])
+    f.run(3)
+    assert len(f.agents["gw"].sensors) == 20
+    flow2 = Flow("up2")
+    out2 = MemorySink()
+    flow2.source(MemorySource(readings)).then(CloudOnlyStep(c)).sink(out2)
+    flow2.run()
+    assert sum(df.height for df in out2.frames) == 0
