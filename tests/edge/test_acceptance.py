@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,19 +67,23 @@ class Cluster:
     def __init__(self, tmp: Path, strategy: str) -> None:
         self.tmp, self.port = tmp, _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.files = [open(tmp / "server.err", "w")]  # closed in close()
-        self.server = subprocess.Popen([sys.executable, "-m", "tidegauge", "serve", str(_pipeline(tmp, strategy,
-                                        self.port))], cwd=tmp, env=env, stderr=self.files[0])
-        self.env = env
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.pipeline = _pipeline(tmp, strategy, self.port)
+        self.files: list[Any] = []  # closed in close()
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}  # node -> log of its current process
         self.runs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []  # every process started
         self.ended: dict[Path, int] = {}  # log -> when its process was killed
         self.client = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
+        self.start_server()
+
+    def start_server(self) -> None:
+        self.files.append(open(self.tmp / "server.err", "a"))
+        self.server = subprocess.Popen([sys.executable, "-m", "tidegauge", "serve", str(self.pipeline)],
+                                       cwd=self.tmp, env=self.env, stderr=self.files[-1])
         deadline = time.monotonic() + 60
         while True:
-            assert self.server.poll() is None, (tmp / "server.err").read_text()
+            assert self.server.poll() is None, (self.tmp / "server.err").read_text()
             try:
                 if self.client.get("/healthz").status_code == 200:
                     break
@@ -91,7 +96,8 @@ class Cluster:
         reading = b'{"sensor_id":"warmup","timestamp":"2026-01-01T00:00:00Z","temperature":1.0}'
         while self.client.post("/api/v1/ingest", content=reading).status_code == 503:
             time.sleep(0.1)
-        self.wait_for(lambda: 'tidegauge_records_in_total{step="http"} 1.0' in self.client.get("/metrics").text,
+        self.wait_for(lambda: re.search(r'tidegauge_records_in_total\{step="http"\} [1-9]',
+                                        self.client.get("/metrics").text) is not None,
                       "the warm-up reading processed", 60)
 
     def start(self, node: str) -> None:
@@ -246,5 +252,34 @@ def test_three_agents_300_sensors_failover_and_hand_back(tmp_path: Path, strateg
         metrics = cluster.client.get("/metrics").text
         assert "tidegauge_edge_assignment_conflicts_total 0.0" in metrics, metrics
         assert _check_no_double_processing(cluster, time.monotonic_ns()) > 0
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slow
+def test_upstream_killed_and_restarted_keeps_registry_and_assignment(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, "consistent_hash")
+    try:
+        for node in AGENTS:
+            cluster.start(node)
+        cluster.wait_for(lambda: sum(map(len, cluster.processing().values())) == 300 and
+                         len(cluster.processing()) == 3, "all 300 sensors running on three agents")
+        before = cluster.processing()
+        gens = {r["node_id"]: r["generation"] for r in cluster.client.get("/api/v1/edge/agents").json()}
+        cluster.server.send_signal(signal.SIGKILL)
+        cluster.server.wait()
+        time.sleep(TIMEOUT_S + 1)  # longer than the agents' leases: they stop processing
+        assert sum(map(len, cluster.processing().values())) == 0
+        cluster.start_server()
+        cluster.wait_for(lambda: cluster.processing() == before, "the agents resume the same sensors")
+        rows = {r["node_id"]: r for r in cluster.client.get("/api/v1/edge/agents").json()}
+        assert all(r["status"] == "online" for r in rows.values()), rows
+        assert {n: r["generation"] for n, r in rows.items()} == gens  # the same assignment, not a new one
+        time.sleep(2 * TIMEOUT_S)
+        assert cluster.processing() == before
+        metrics = cluster.client.get("/metrics").text
+        assert "tidegauge_edge_assignment_conflicts_total 0.0" in metrics
+        assert "tidegauge_edge_reassignments_total 0.0" in metrics
+        _check_no_double_processing(cluster, time.monotonic_ns())  # nothing moved, so nothing to overlap
     finally:
         cluster.close()

@@ -106,6 +106,22 @@ def test_state_survives_a_coordinator_restart(tmp_path: Path) -> None:
     assert all(a.generation > gens[n] for n, a in f.agents.items())
 
 
+def test_a_long_upstream_outage_keeps_the_assignment(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    f = fleet(store=tmp_path / "coord.db", clock=clock)
+    f.run(10)
+    before, moves = f.processing(), f.c.reassignments
+    f.c.close()
+    clock.advance("30s")  # the upstream is down for 6 timeouts: the agents' leases lapse, they stop
+    f.c = Coordinator("consistent_hash", heartbeat_timeout="5s", sensors=SENSORS, clock=clock,
+                      store=tmp_path / "coord.db")
+    f.run(1)
+    assert all(r["status"] == "online" for r in f.c.agents())  # not declared offline for the outage
+    assert f.processing() == before  # they resume the same sensors at once
+    f.run(10)
+    assert f.processing() == before and f.c.reassignments == moves and f.c.conflicts == 0
+
+
 def test_availability_counts_from_the_last_heartbeat() -> None:
     f = fleet()
     f.run(60)  # 0..60 s all online

@@ -7,6 +7,12 @@ the stretch to now while the agent is online, and to its last heartbeat once it 
 moment it was known to be alive), so a dead agent's silence counts against it from its last heartbeat,
 not from when the timeout noticed.
 
+After a restart the registry is read back from its store. An agent that was online then gets one full
+``timeout`` to heartbeat again before it is declared offline, counted from the first heartbeat this
+process takes (or from one timeout after its start, if none has come by then): its silence during the
+upstream's own downtime, start-up included, is not its fault. (If it does come back in time, the downtime counts as online
+for it: the coordinator cannot tell, and gives it the benefit of the doubt.)
+
 >>> from tidegauge._time import ManualClock
 >>> clock = ManualClock(0)
 >>> reg = AgentRegistry(timeout="10s", window="1h", clock=clock)
@@ -56,6 +62,8 @@ class AgentRegistry:
         self.clock = clock or SystemClock()
         self.store = store or CoordinatorStore()
         self.agents: dict[str, AgentState] = self.store.load_agents()
+        self.started_us = self.clock.now_us()
+        self.first_heartbeat_us: int | None = None
         if self.agents:
             logger.info("registry: %d agents restored from %s", len(self.agents), self.store.path)
 
@@ -69,6 +77,8 @@ class AgentRegistry:
         brings it back (that gap is downtime).
         """
         now = self.now_us()
+        if self.first_heartbeat_us is None:
+            self.first_heartbeat_us = now
         a = self.agents.get(hb.node_id)
         if a is None:
             a = AgentState(hb.node_id, hb, first_seen_us=now, last_seen_us=now, online=True, span_start_us=now)
@@ -87,9 +97,10 @@ class AgentRegistry:
     def expire(self) -> list[AgentState]:
         """Mark offline every online agent whose timeout passed; returns them."""
         now = self.now_us()
+        restart = self.started_us + self.timeout_us if self.first_heartbeat_us is None else self.first_heartbeat_us
         gone = []
         for a in self.agents.values():
-            if a.online and now - a.last_seen_us > self.timeout_us:
+            if a.online and now - max(a.last_seen_us, restart) > self.timeout_us:
                 a.online = False
                 start = a.span_start_us if a.span_start_us is not None else a.last_seen_us
                 a.spans.append((start, a.last_seen_us))
