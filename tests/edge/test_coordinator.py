@@ -175,3 +175,21 @@ def test_bad_arguments_are_refused() -> None:
         Coordinator("nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="heartbeat_timeout"):
         Coordinator(heartbeat_timeout="0s")
+
+
+def test_a_heartbeat_overtaken_by_a_newer_one_is_ignored() -> None:
+    f = fleet(settle="0s")
+    f.run(6)
+    a = f.agents["a"]
+    now = f.clock.now_us()
+    stale = Heartbeat(node_id="a", sent_at_us=now - 2_000_000, version="t", generation=a.generation - 1,
+                      sensors=["s-never-seen"])
+    got = f.c.heartbeat(stale)
+    assert got.generation == a.generation and f.c.stale_heartbeats == 1
+    assert "s-never-seen" not in f.c.catalog
+    # a clock set back by more than the timeout is not "stale": the agent still counts as alive
+    f.clock.advance("1s")
+    back = Heartbeat(node_id="a", sent_at_us=now - 3_600_000_000, version="t", generation=a.generation,
+                     sensors=a.sensors)
+    f.c.heartbeat(back)
+    assert f.c.stale_heartbeats == 1

@@ -128,3 +128,31 @@ def test_cloud_only_needs_a_coordinator(tmp_path: Path) -> None:
     path.write_text("source: {file: x.csv}\nsteps: [{cloud_only: {}}]\n")
     with pytest.raises(ConfigError, match="coordinator"):
         load_pipeline(path)
+
+
+def test_from_readings_learns_the_fleet_in_a_pipeline(tmp_path: Path) -> None:
+    from tidegauge.dataflow import Runner
+    from tidegauge.pipeline import build_pipeline
+    from tidegauge.simulate import FleetConfig
+    from tidegauge.simulate.files import write_readings
+
+    write_readings(tmp_path / "r.parquet", FleetConfig(sensors=12, rate=50.0, seed=4), rows=240)
+    path = tmp_path / "p.yaml"
+    path.write_text("source: {file: r.parquet}\nsink: {file: out.parquet}\n"
+                    "coordinator: {strategy: geo_proximity, from_readings: true, store: null}\n")
+    built = build_pipeline(load_pipeline(path), base_dir=tmp_path)
+    coordinator = built.coordinator
+    runner = Runner(built.flow, max_delay="5ms")
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run_async())
+        for _ in range(500):  # the heartbeat source keeps a coordinator's flow running: stop it when done
+            if len(coordinator.catalog) == 12:
+                break
+            await asyncio.sleep(0.01)
+        runner.stop()
+        await task
+
+    asyncio.run(main())
+    assert sorted(coordinator.catalog) == [f"sensor-{i:05d}" for i in range(12)]
+    assert all(s.latitude is not None and s.longitude is not None for s in coordinator.catalog.values())

@@ -14,7 +14,9 @@
       heartbeats: {file: heartbeats.jsonl}   # optional: where the heartbeat records go (a sink section)
 
 ``tidegauge serve pipeline.yaml`` then answers agents on ``POST /api/v1/edge/heartbeat`` and lists them on
-``GET /api/v1/edge/agents`` and ``GET /api/v1/edge/assignments``.
+``GET /api/v1/edge/agents`` and ``GET /api/v1/edge/assignments``. The coordinator's heartbeat records are a
+second source of the flow (keyed by ``node_id``), which never ends: a pipeline with a coordinator runs until
+it is stopped, as a served pipeline does anyway.
 """
 
 from __future__ import annotations

@@ -107,6 +107,7 @@ class Coordinator:
         self.reassignments = self.store.load_counter("reassignments")
         self.conflicts = self.store.load_counter("conflicts")
         self.records_dropped = 0
+        self.stale_heartbeats = 0
         self._records: deque[dict[str, Any]] | None = None
         self._dirty = True
         self._touched: set[str] = set()
@@ -148,6 +149,14 @@ class Coordinator:
             if self.settle_until_us is None:
                 self.settle_until_us = self.registry.now_us() + self.settle_us
             self._expire()
+            known = self.registry.agents.get(hb.node_id)
+            if known is not None and known.online and self._stale(known.heartbeat, hb):
+                # overtaken by a newer heartbeat of the same agent (a retry after a client timeout): what it
+                # reports is out of date, and acting on it could re-adopt sensors the agent already dropped
+                self.stale_heartbeats += 1
+                logger.info("agent %s: stale heartbeat (sent %.3fs before the last one) ignored", hb.node_id,
+                            (known.heartbeat.sent_at_us - hb.sent_at_us) / 1e6)
+                return self._assignment(known)
             a, came = self.registry.record(hb)
             self._touched.add(a.node_id)
             if came:
@@ -156,6 +165,11 @@ class Coordinator:
             self._step()
             self._emit(a, heartbeat=True)
             return self._assignment(a)
+
+    def _stale(self, last: Heartbeat, hb: Heartbeat) -> bool:
+        # Older than the last one by less than the timeout: overtaken in flight. Much older: the agent's
+        # clock was set back, and its heartbeats must still count.
+        return 0 < last.sent_at_us - hb.sent_at_us < self.registry.timeout_us
 
     def tick(self) -> None:
         """Expire timed-out agents and move their sensors (done by every other call too)."""

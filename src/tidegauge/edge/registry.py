@@ -10,8 +10,8 @@ not from when the timeout noticed.
 After a restart the registry is read back from its store. An agent that was online then gets one full
 ``timeout`` to heartbeat again before it is declared offline, counted from the first heartbeat this
 process takes (or from one timeout after its start, if none has come by then): its silence during the
-upstream's own downtime, start-up included, is not its fault. (If it does come back in time, the downtime counts as online
-for it: the coordinator cannot tell, and gives it the benefit of the doubt.)
+upstream's own downtime, start-up included, is not its fault. (If it does come back in time, the
+downtime counts as online for it: the coordinator cannot tell, and gives it the benefit of the doubt.)
 
 >>> from tidegauge._time import ManualClock
 >>> clock = ManualClock(0)
