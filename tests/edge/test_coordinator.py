@@ -193,3 +193,21 @@ def test_a_heartbeat_overtaken_by_a_newer_one_is_ignored() -> None:
                      sensors=a.sensors)
     f.c.heartbeat(back)
     assert f.c.stale_heartbeats == 1
+
+
+def test_the_coordinators_own_stall_is_not_the_agents_silence() -> None:
+    f = fleet()
+    f.c.subscribe()
+    f.run(8)
+    moves, before = f.c.reassignments, f.processing()
+    f.c.drain_records(1000)  # the heartbeat source polls...
+    f.clock.advance("20s")  # ...then this process is held for 20 s (4 timeouts): nobody could heartbeat
+    f.run(1)
+    assert all(r["status"] == "online" for r in f.c.agents())
+    assert f.c.reassignments == moves and f.processing() == before
+    f.c.drain_records(1000)
+    f.agents["c"].alive = False  # a real death after the stall still counts
+    for _ in range(7):
+        f.run(1)
+        f.c.drain_records(1000)
+    assert {r["node_id"]: r["status"] for r in f.c.agents()}["c"] == "offline"

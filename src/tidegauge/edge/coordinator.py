@@ -50,6 +50,11 @@ __all__ = ["Coordinator"]
 
 logger = logging.getLogger(__name__)
 
+_STALL_US = 1_000_000
+"""A gap this long between two polls of the heartbeat source (which polls every 50 ms or so) is a stall of
+this process (a long batch holding the event loop, JIT compilation, a suspended VM), credited to the agents'
+timeouts."""
+
 _MAX_RECORDS = 100_000
 """Heartbeat records kept for the flow when it falls behind (oldest dropped first, counted)."""
 
@@ -108,6 +113,7 @@ class Coordinator:
         self.conflicts = self.store.load_counter("conflicts")
         self.records_dropped = 0
         self.stale_heartbeats = 0
+        self._polled_us: int | None = None  # last poll of the heartbeat source
         self._records: deque[dict[str, Any]] | None = None
         self._dirty = True
         self._touched: set[str] = set()
@@ -183,6 +189,12 @@ class Coordinator:
 
     # the handshake -------------------------------------------------------------------------------------
     def _expire(self) -> bool:
+        if self._polled_us is not None:
+            # the heartbeat source polls every few ms: a long gap means this process did not run
+            gap = self.registry.now_us() - self._polled_us
+            if gap > _STALL_US:
+                self.registry.credit(gap)
+                self._polled_us = self.registry.now_us()
         gone = self.registry.expire()
         for a in gone:
             for s in sorted(self.held.pop(a.node_id, set())):
@@ -375,10 +387,16 @@ class Coordinator:
         """Take up to ``max_rows`` heartbeat records (oldest first)."""
         with self._lock:
             self.tick()
+            self._polled_us = self.registry.now_us()
             q = self._records
             if not q:
                 return []
             return [q.popleft() for _ in range(min(max_rows, len(q)))]
+
+    def unsubscribe(self) -> None:
+        """The heartbeat source stopped: its polls no longer tell whether this process runs."""
+        with self._lock:
+            self._polled_us = None
 
     def close(self) -> None:
         with self._lock:

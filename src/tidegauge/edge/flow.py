@@ -75,6 +75,7 @@ class _HeartbeatLogic:
 
     async def close(self) -> None:
         self.closed = True
+        self.coordinator.unsubscribe()
 
 
 class EdgeHeartbeatSource:

@@ -12,6 +12,8 @@ After a restart the registry is read back from its store. An agent that was onli
 process takes (or from one timeout after its start, if none has come by then): its silence during the
 upstream's own downtime, start-up included, is not its fault. (If it does come back in time, the
 downtime counts as online for it: the coordinator cannot tell, and gives it the benefit of the doubt.)
+Likewise a *stall* of the coordinator's own process (its event loop held by a long batch, the process
+suspended), reported by :meth:`AgentRegistry.credit`, does not count as the agents' silence.
 
 >>> from tidegauge._time import ManualClock
 >>> clock = ManualClock(0)
@@ -26,6 +28,7 @@ downtime counts as online for it: the coordinator cannot tell, and gives it the 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from tidegauge._time import Clock, Duration, SystemClock, parse_duration
 from tidegauge.edge.heartbeat import Heartbeat
@@ -34,6 +37,8 @@ from tidegauge.edge.store import AgentState, CoordinatorStore
 __all__ = ["AgentRegistry"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_STALLS = 64  # stalls long enough to report are rare; older ones than an agent's last heartbeat do not count
 
 
 class AgentRegistry:
@@ -64,6 +69,7 @@ class AgentRegistry:
         self.agents: dict[str, AgentState] = self.store.load_agents()
         self.started_us = self.clock.now_us()
         self.first_heartbeat_us: int | None = None
+        self._stalls: deque[tuple[int, int]] = deque(maxlen=_MAX_STALLS)  # (end, length) of own stalls
         if self.agents:
             logger.info("registry: %d agents restored from %s", len(self.agents), self.store.path)
 
@@ -100,7 +106,9 @@ class AgentRegistry:
         restart = self.started_us + self.timeout_us if self.first_heartbeat_us is None else self.first_heartbeat_us
         gone = []
         for a in self.agents.values():
-            if a.online and now - max(a.last_seen_us, restart) > self.timeout_us:
+            since = max(a.last_seen_us, restart)
+            stalled = sum(length for end, length in self._stalls if end > since)
+            if a.online and now - since - stalled > self.timeout_us:
                 a.online = False
                 start = a.span_start_us if a.span_start_us is not None else a.last_seen_us
                 a.spans.append((start, a.last_seen_us))
@@ -110,6 +118,11 @@ class AgentRegistry:
                 logger.warning("agent %s offline: no heartbeat for %.1fs", a.node_id,
                                (now - a.last_seen_us) / 1e6)
         return gone
+
+    def credit(self, length_us: int) -> None:
+        """The coordinator could not listen for the last ``length_us`` (its own stall): not the agents' fault."""
+        self._stalls.append((self.now_us(), length_us))
+        logger.warning("coordinator stalled for %.1fs: agents' timeouts extended by as much", length_us / 1e6)
 
     def _prune(self, a: AgentState, now: int) -> None:
         lo = now - self.window_us
