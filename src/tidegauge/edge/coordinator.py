@@ -114,6 +114,7 @@ class Coordinator:
         self.records_dropped = 0
         self.stale_heartbeats = 0
         self._polled_us: int | None = None  # last poll of the heartbeat source
+        self._known: pl.Series | None = None  # the catalog's ids, for observe()
         self._records: deque[dict[str, Any]] | None = None
         self._dirty = True
         self._touched: set[str] = set()
@@ -143,7 +144,9 @@ class Coordinator:
             return 0
         cols = [c for c in (key, "latitude", "longitude") if c in df.columns]
         seen = df.select(cols).unique(key, keep="last")
-        unknown = seen.filter(~pl.col(key).cast(pl.String).is_in(list(self.catalog)))
+        if self._known is None or self._known.len() != len(self.catalog):
+            self._known = pl.Series(list(self.catalog), dtype=pl.String)  # rebuilt only when the fleet grows
+        unknown = seen.filter(~pl.col(key).cast(pl.String).is_in(self._known.implode()))
         if not unknown.height:
             return 0
         return self.add_sensors(SensorInfo(str(r[key]), r.get("latitude"), r.get("longitude"))
