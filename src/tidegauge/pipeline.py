@@ -254,6 +254,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
             raise ConfigError(f"{path}: {exc}") from None
     if config.coordinator is not None:
         _check_coordinator(config, path)
+        if config.server is None:
+            raise ConfigError(f"{path}: a 'coordinator:' section needs a 'server:' section too: agents reach the "
+                              "coordinator over HTTP (e.g. 'server: {port: 8080, tokens: [...]}')")
     elif any(next(iter(step)) == "cloud_only" for step in config.steps):
         raise ConfigError(f"{path}: a cloud_only step needs a 'coordinator:' section (e.g. 'coordinator: {{}}')")
     return config

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.connectors.servers import require_promtool
 from tests.server.helpers import TOKENS
 from tidegauge.cli.serve import build_served_pipeline
 from tidegauge.edge.heartbeat import Assignment, Heartbeat, Resources
@@ -76,6 +78,9 @@ def test_heartbeat_agents_assignments_and_metrics(tmp_path: Path) -> None:
             assert 'tidegauge_edge_agents{state="online"} 2.0' in metrics
             assert 'tidegauge_edge_agent_availability{node_id="gw-1"}' in metrics
             assert "tidegauge_edge_reassignments_total" in metrics
+            checked = subprocess.run([require_promtool(), "check", "metrics"], input=metrics, capture_output=True,
+                                     text=True, check=False)
+            assert checked.returncode == 0, checked.stdout + checked.stderr
             # errors: bad token scope, bad body
             assert (await c.post("/api/v1/edge/heartbeat", content=b"{}", headers=read)).status_code == 403
             bad = await c.post("/api/v1/edge/heartbeat", content=b'{"node_id": 5}', headers=ingest)
@@ -123,10 +128,13 @@ def test_bad_coordinator_sections_name_the_path(tmp_path: Path, section: str, me
     assert "coordinator" in str(err.value) and str(path) in str(err.value)
 
 
-def test_cloud_only_needs_a_coordinator(tmp_path: Path) -> None:
+def test_cloud_only_needs_a_coordinator_and_a_coordinator_a_server(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("source: {file: x.csv}\nsteps: [{cloud_only: {}}]\n")
     with pytest.raises(ConfigError, match="coordinator"):
+        load_pipeline(path)
+    path.write_text("source: {file: x.csv}\ncoordinator: {}\n")
+    with pytest.raises(ConfigError, match="needs a 'server:' section"):
         load_pipeline(path)
 
 
@@ -139,7 +147,7 @@ def test_from_readings_learns_the_fleet_in_a_pipeline(tmp_path: Path) -> None:
     write_readings(tmp_path / "r.parquet", FleetConfig(sensors=12, rate=50.0, seed=4), rows=240)
     path = tmp_path / "p.yaml"
     path.write_text("source: {file: r.parquet}\nsink: {file: out.parquet}\n"
-                    "coordinator: {strategy: geo_proximity, from_readings: true, store: null}\n")
+                    "coordinator: {strategy: geo_proximity, from_readings: true, store: null}\nserver: {}\n")
     built = build_pipeline(load_pipeline(path), base_dir=tmp_path)
     coordinator = built.coordinator
     runner = Runner(built.flow, max_delay="5ms")
