@@ -7,8 +7,10 @@ membership changes, which is what ``consistent_hash`` is for.
 For each strategy: the median time of ``--reps`` interleaved runs to assign ``--sensors`` sensors (with
 random coordinates) to ``--agents`` agents (random locations, equal capacity, random loads), then the
 sensors whose agent changes when one agent leaves and when one joins, against the ideal (the leaver's
-sensors; the newcomer's fair share). ``consistent_hash`` is timed cold (its per-sensor hash cache cleared,
-as in a fresh coordinator) and warm (as in a recompute after a membership change).
+sensors; the newcomer's fair share), with the full assignment recomputed. "failover" is what the
+coordinator does when agents leave (:func:`~tidegauge.edge.strategies.reassign`: survivors keep their
+sensors, only the leaver's are placed), with its time. ``consistent_hash`` is timed cold (its per-sensor
+hash cache cleared, as in a fresh coordinator) and warm (as in a recompute after a membership change).
 
     python benchmarks/edge_assign.py --sensors 100000 --agents 10 --reps 5
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tidegauge.edge import strategies
-from tidegauge.edge.strategies import STRATEGIES, AgentInfo, SensorInfo, assign
+from tidegauge.edge.strategies import STRATEGIES, AgentInfo, SensorInfo, assign, reassign
 
 
 def modulo_hash(sensors: list[SensorInfo], agents: list[AgentInfo]) -> dict[str, str]:
@@ -75,7 +77,7 @@ def main() -> None:
     leaver = agents[a.agents // 2]
     print(f"{a.sensors:,} sensors, {a.agents} agents, median of {a.reps}\n")
     print(f"{'strategy':30} {'assign':>9} {'vs ref':>7} {'moved on leave':>16} {'leaver had':>10} "
-          f"{'moved on join':>15}")
+          f"{'moved on join':>15} {'failover moved':>15} {'failover':>9}")
     for name, ts in times.items():
         t = statistics.median(ts)
         fn = runs.get(name, runs["consistent_hash"])
@@ -83,10 +85,20 @@ def main() -> None:
         leave = moved(base, fn([x for x in agents if x is not leaver]))
         join = moved(base, fn([*agents, newcomer]))
         share = sum(1 for v in base.values() if v == leaver.node_id)
+        survivors = [x for x in agents if x is not leaver]
+        fo_moved, fo_s = 0, 0.0
+        if name in STRATEGIES or name.startswith("consistent_hash"):
+            strategy = "consistent_hash" if name.startswith("consistent_hash") else name
+            t0 = time.perf_counter()
+            fo = reassign(strategy, sensors, survivors, base)  # type: ignore[arg-type]
+            fo_s = time.perf_counter() - t0
+            fo_moved = moved(base, fo)
         rows.append({"strategy": name, "assign_s": t, "ratio_vs_reference": ref / t, "moved_on_leave": leave,
-                     "leaver_share": share, "moved_on_join": join, "fair_share_join": a.sensors / (a.agents + 1)})
+                     "leaver_share": share, "moved_on_join": join, "fair_share_join": a.sensors / (a.agents + 1),
+                     "failover_moved": fo_moved, "failover_s": fo_s})
         print(f"{name:30} {t * 1e3:7.0f}ms {ref / t:6.2f}x {leave:8,} ({leave / a.sensors:5.1%}) {share:10,} "
-              f"{join:7,} ({join / a.sensors:5.1%})")
+              + (f"{join:7,} ({join / a.sensors:5.1%}) {fo_moved:15,} {fo_s * 1e3:7.0f}ms" if fo_s else
+                 f"{join:7,} ({join / a.sensors:5.1%}) {'n/a':>15} {'':>9}"))
     print(f"\nideal: leave moves the leaver's sensors only (~{a.sensors / a.agents:,.0f}, "
           f"{1 / a.agents:.1%}); join moves the newcomer's fair share (~{a.sensors / (a.agents + 1):,.0f}, "
           f"{1 / (a.agents + 1):.1%})")

@@ -33,15 +33,14 @@ def test_failover_and_hand_back_never_run_a_sensor_twice(strategy: str) -> None:
     f.agents["c"].alive = False  # killed: no more heartbeats, and it processes nothing
     f.run(7)  # > timeout (5s) + one interval to learn the new assignment
     after = f.processing()
-    assert set(after) == {"a", "b"} and before["c"] <= after["a"] | after["b"]  # the orphans are taken over
+    assert set(after) == {"a", "b"} and sum(map(len, after.values())) == 300
+    assert before["a"] <= after["a"] and before["b"] <= after["b"]  # only c's sensors moved
     assert f.c.agents()[2]["status"] == "offline"
-    if strategy == "consistent_hash":  # only c's sensors moved
-        assert before["a"] <= after["a"] and before["b"] <= after["b"]
-    f.run(5)  # other strategies also rebalance between a and b (each move: drop, acknowledge, grant)
-    assert sum(f.held().values()) == 300
     f.agents["c"].restart()  # back, empty-handed
     f.run(10)
     assert sum(f.held().values()) == 300 and f.held()["c"] > 50  # handed back
+    if strategy != "least_loaded":  # (its loads differ now) the full assignment again, as before the kill
+        assert {n: set(s) for n, s in f.processing().items()} == before
     assert f.c.conflicts == 0
     assert f.c.reassignments >= 2 * len(before["c"]) - 1
 

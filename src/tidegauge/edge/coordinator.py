@@ -21,8 +21,10 @@ of it every agent still running sensors under an earlier coordinator's assignmen
 or let its lease lapse, so a coordinator that lost its state (or starts cold while agents run) never
 grants a sensor that an agent it has not heard from yet is processing.
 
-The target is recomputed when membership changes (an agent comes online or goes offline) and when sensors
-are added, not on every heartbeat, so load figures moving about do not churn the assignment. State is
+The target is recomputed when membership changes and when sensors are added, not on every heartbeat, so
+load figures moving about do not churn the assignment. When agents only leave, the survivors keep their
+sensors and only the leavers' are placed (:func:`~tidegauge.edge.strategies.reassign`); when one joins (or
+returns), the full assignment is computed, which hands a returning agent its sensors back. State is
 evaluated lazily: every heartbeat, query and poll of the heartbeat source first expires timed-out agents
 (:meth:`Coordinator.tick`), so no background task is needed.
 """
@@ -44,7 +46,15 @@ from tidegauge.edge.heartbeat import Assignment, Heartbeat
 from tidegauge.edge.policy import Detection, DetectionPolicy
 from tidegauge.edge.registry import AgentRegistry
 from tidegauge.edge.store import AgentState, CoordinatorStore
-from tidegauge.edge.strategies import DEFAULT_VNODES, STRATEGIES, AgentInfo, SensorInfo, StrategyName, assign
+from tidegauge.edge.strategies import (
+    DEFAULT_VNODES,
+    STRATEGIES,
+    AgentInfo,
+    SensorInfo,
+    StrategyName,
+    assign,
+    reassign,
+)
 
 __all__ = ["Coordinator"]
 
@@ -117,6 +127,7 @@ class Coordinator:
         self._known: pl.Series | None = None  # the catalog's ids, for observe()
         self._records: deque[dict[str, Any]] | None = None
         self._dirty = True
+        self._full = True  # the next recompute is the full assignment (else: only orphans are placed)
         self._touched: set[str] = set()
         self._holder_changes: dict[str, str | None] = {}
         self.add_sensors(sensors)
@@ -134,7 +145,7 @@ class Coordinator:
                 self.catalog[s.sensor_id] = s
             if fresh:
                 self.store.save_sensors(fresh)
-                self._dirty = True
+                self._dirty = self._full = True
                 self._step()
             return new
 
@@ -169,7 +180,7 @@ class Coordinator:
             a, came = self.registry.record(hb)
             self._touched.add(a.node_id)
             if came:
-                self._dirty = True
+                self._dirty = self._full = True
             self._acknowledge(a, hb)
             self._step()
             self._emit(a, heartbeat=True)
@@ -237,7 +248,7 @@ class Coordinator:
         if unknown:
             self.catalog.update((s.sensor_id, s) for s in unknown)
             self.store.save_sensors(unknown)
-            self._dirty = True
+            self._dirty = self._full = True
         for s in reported:
             h = self.holder.get(s)
             if h is None:
@@ -257,7 +268,12 @@ class Coordinator:
         if self._dirty:
             infos = [AgentInfo(a.node_id, a.heartbeat.capacity, a.heartbeat.location, a.heartbeat.load,
                                len(a.heartbeat.sensors), dict(a.heartbeat.labels)) for a in online.values()]
-            self.target = assign(self.strategy, list(self.catalog.values()), infos, vnodes=self.vnodes)
+            sensors = list(self.catalog.values())
+            if self._full:
+                self.target = assign(self.strategy, sensors, infos, vnodes=self.vnodes)
+            else:
+                self.target = reassign(self.strategy, sensors, infos, self.target, vnodes=self.vnodes)
+            self._full = False
             self.targeted = {}
             for s, node in self.target.items():
                 self.targeted.setdefault(node, set()).add(s)

@@ -6,6 +6,11 @@ cloud). The :class:`~tidegauge.edge.coordinator.Coordinator` recomputes the targ
 changes (an agent comes online or goes offline) or sensors are added, and moves sensors to their target
 through the generation handshake, so a strategy never has to think about double processing.
 
+:func:`reassign` is the failover form: sensors whose agent is still there stay, and only the others (an
+offline agent's) are placed by the strategy on the room left, so a leave moves nothing but the leaver's
+sensors under every strategy. The coordinator uses it when agents leave and :func:`assign` when one joins
+(the full assignment, which hands a returning agent back its sensors).
+
 Every strategy respects each agent's ``capacity`` (a sensor goes to its next choice when its first is full)
 and is deterministic (same input, same output; ties broken by node id).
 
@@ -44,6 +49,7 @@ __all__ = [
     "StrategyName",
     "assign",
     "haversine_km",
+    "reassign",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +100,28 @@ def assign(strategy: StrategyName, sensors: Sequence[SensorInfo], agents: Sequen
     if not live or not sensors:
         return {}
     return _STRATEGIES[strategy](sensors, live, vnodes)
+
+
+def reassign(strategy: StrategyName, sensors: Sequence[SensorInfo], agents: Sequence[AgentInfo],
+             previous: dict[str, str], *, vnodes: int = DEFAULT_VNODES) -> dict[str, str]:
+    """Keep each sensor whose ``previous`` agent is among ``agents``; place the others by ``strategy``.
+
+    >>> agents = [AgentInfo("a"), AgentInfo("b")]
+    >>> reassign("round_robin", [SensorInfo("s1"), SensorInfo("s2")], agents, {"s1": "b", "s2": "gone"})
+    {'s1': 'b', 's2': 'a'}
+    """
+    live = {a.node_id for a in agents}
+    keep = {s.sensor_id: previous[s.sensor_id] for s in sensors if previous.get(s.sensor_id) in live}
+    rest = [s for s in sensors if s.sensor_id not in keep]
+    if not rest:
+        return keep
+    used: dict[str, int] = {}
+    for node in keep.values():
+        used[node] = used.get(node, 0) + 1
+    # the room left; the load already includes the kept sensors, so none is counted as the agent's own
+    room = [AgentInfo(a.node_id, a.capacity - used.get(a.node_id, 0), a.location, a.load, 0, a.labels)
+            for a in agents]
+    return {**keep, **assign(strategy, rest, room, vnodes=vnodes)}
 
 
 def _round_robin(sensors: Sequence[SensorInfo], agents: Sequence[AgentInfo], vnodes: int) -> dict[str, str]:
