@@ -376,7 +376,7 @@ class BuiltPipeline:
     max_batch: int
     max_delay: str
     coordinator: Any = None
-    """the :class:`~tidegauge.edge.Coordinator` of a ``coordinator:`` section"""
+    """the :class:`~tidegauge.edge.coordinator.Coordinator` of a ``coordinator:`` section"""
 
 
 def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> BuiltPipeline:

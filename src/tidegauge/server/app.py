@@ -90,7 +90,7 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
     ``os.environ``; library code passes what it wants). ``alerts`` (the manager the flow's ``AlertStep``
     shares) adds the alert and silence endpoints and the alerting metrics (:mod:`tidegauge.server.alerts`).
     ``coordinator`` adds the edge endpoints and metrics (:mod:`tidegauge.server.edge`); by default the one
-    behind the flow's :class:`~tidegauge.edge.EdgeHeartbeatSource`, if it has one.
+    behind the flow's :class:`~tidegauge.edge.flow.EdgeHeartbeatSource`, if it has one.
     """
     sources = {nid: n.definition for nid, n in runner.flow.nodes.items()
                if n.kind == "source" and isinstance(n.definition, HttpIngestSource)}
