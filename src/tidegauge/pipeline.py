@@ -17,6 +17,8 @@
     server: {port: 8080, tokens: [...]}  # optional: serve HTTP (tidegauge.server.ServerConfig)
     alerts: {rules: rules.yaml, store: alerts.db, streams: [readings, windows]}  # optional: alert rules
                                          # (tidegauge.alerting.pipeline_section)
+    coordinator: {strategy: consistent_hash, heartbeat_timeout: 15s}  # optional: edge coordinator
+                                       # (tidegauge.edge.config; its heartbeat records are a second source)
 
 Sources: ``{file: PATH, format?, speed?}``, ``{simulator: {sensors, rate, seed, ...}, limit?}``,
 ``{mqtt: {topics, host, port, qos, session, ack, template, ...}}``,
@@ -25,7 +27,8 @@ Sources: ``{file: PATH, format?, speed?}``, ``{simulator: {sensors, rate, seed, 
 Sinks: ``{file: PATH}``, ``{postgres: {table, key, conninfo, create}}``, ``{mqtt: {topic, ...}}``,
 ``{nats: {subject, servers, id_columns}}``, ``{redis: {key, url, maxlen}}``. Each connector's module (and its
 client library, an extra such as ``tidegauge[nats]``) is imported only when a file uses it.
-Steps: ``filter``, ``select``, ``with_columns``, ``key_by``, ``enrich``, ``window``, ``detect``.
+Steps: ``filter``, ``select``, ``with_columns``, ``key_by``, ``enrich``, ``window``, ``detect``, ``cloud_only``
+(with a ``coordinator:``: keeps the readings of sensors whose detection runs upstream; put it before ``detect``).
 Relative paths are taken relative to the pipeline file's directory. Every error names the file, the
 path inside it and what to write instead.
 """
@@ -217,9 +220,11 @@ class PipelineConfig(msgspec.Struct, **_Strict):
     """validated by :func:`server_config` (kept raw here: the server package is an optional extra)"""
     alerts: dict[str, Any] | None = None
     """validated (and its rules file loaded) by :func:`tidegauge.alerting.pipeline_section.alerts_section`"""
+    coordinator: dict[str, Any] | None = None
+    """validated by :func:`tidegauge.edge.config.parse_config`"""
 
 
-_STEP_KINDS = ("filter", "select", "with_columns", "key_by", "enrich", "window", "detect")
+_STEP_KINDS = ("filter", "select", "with_columns", "key_by", "enrich", "window", "detect", "cloud_only")
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
@@ -260,7 +265,29 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
             alerts_section(config.alerts, base_dir=path.parent)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    if config.coordinator is not None:
+        _check_coordinator(config, path)
+        if config.server is None:
+            raise ConfigError(f"{path}: a 'coordinator:' section needs a 'server:' section too: agents reach the "
+                              "coordinator over HTTP (e.g. 'server: {port: 8080, tokens: [...]}')")
+    elif any(next(iter(step)) == "cloud_only" for step in config.steps):
+        raise ConfigError(f"{path}: a cloud_only step needs a 'coordinator:' section (e.g. 'coordinator: {{}}')")
     return config
+
+
+def _check_coordinator(config: PipelineConfig, path: Path) -> None:
+    from tidegauge.edge.config import parse_config
+
+    try:
+        section = parse_config(config.coordinator)
+        if section.heartbeats is not None:
+            sink = _convert(section.heartbeats, SinkConfig, "$.coordinator.heartbeats")
+            given = [k for k in _SINK_KINDS if getattr(sink, k) is not None]
+            if len(given) != 1:
+                raise ConfigError(f"at $.coordinator.heartbeats: give exactly one of {', '.join(_SINK_KINDS)} "
+                                  f"(e.g. 'heartbeats: {{file: heartbeats.jsonl}}')")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _sections(config: PipelineConfig) -> list[tuple[str, Any, tuple[str, ...]]]:
@@ -363,6 +390,8 @@ class BuiltPipeline:
     max_delay: str
     alerting: Any = None
     """the ``alerts:`` section's :class:`~tidegauge.alerting.pipeline_section.PipelineAlerting` (or ``None``)"""
+    coordinator: Any = None
+    """the :class:`~tidegauge.edge.coordinator.Coordinator` of a ``coordinator:`` section"""
 
 
 def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> BuiltPipeline:
@@ -378,12 +407,22 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
     sources = config.source if isinstance(config.source, list) else [config.source]
     streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time) for i, s in enumerate(sources)]
     stream = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+    coordinator = None if config.coordinator is None else _coordinator(flow, config, base)
+    if coordinator is not None and coordinator[1]:
+        from tidegauge.edge.flow import SensorDiscoveryStep
+
+        stream = stream.then(SensorDiscoveryStep(coordinator[0]), name="edge_sensor_discovery")
     last_window: Stream | None = None
     readings: Stream | None = None  # the records entering the first window step (what `alerts` calls readings)
     windows: list[Stream] = []
     for i, step in enumerate(config.steps):
         kind, params = next(iter(step.items()))
         where = f"$.steps[{i}].{kind}"
+        if kind == "cloud_only" and coordinator is not None:
+            from tidegauge.edge.flow import CloudOnlyStep
+
+            stream = stream.then(CloudOnlyStep(coordinator[0]), name=f"cloud_only_{i}")
+            continue
         if kind == "window" and readings is None:
             readings = stream
         stream = _step(stream, kind, params, where, base)
@@ -409,7 +448,22 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         from tidegauge.alerting.pipeline_section import build_alerts
 
         alerting = build_alerts(config.alerts, flow, readings=readings or stream, windows=windows, base_dir=base)
-    return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay, alerting)
+    return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay, alerting,
+                         None if coordinator is None else coordinator[0])
+
+
+def _coordinator(flow: Flow, config: PipelineConfig, base: Path) -> tuple[Any, bool]:
+    """Build the coordinator and its heartbeat source (and sink); returns it and ``from_readings``."""
+    from tidegauge.edge.config import build_coordinator, parse_config
+    from tidegauge.edge.flow import EdgeHeartbeatSource
+
+    section = parse_config(config.coordinator)
+    coordinator = build_coordinator(section, base_dir=base)
+    beats = flow.source(EdgeHeartbeatSource(coordinator), key="node_id", time="timestamp")
+    if section.heartbeats is not None:
+        sink = _convert(section.heartbeats, SinkConfig, "$.coordinator.heartbeats")
+        beats.sink(_sink(sink, base, "$.coordinator.heartbeats"), name=sink.name or "edge_heartbeats_out")
+    return coordinator, section.from_readings
 
 
 def _source(s: SourceConfig, base: Path, i: int, config: PipelineConfig) -> Any:

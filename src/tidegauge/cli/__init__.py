@@ -35,6 +35,7 @@ def _register() -> None:
         bench,
         checkpoint,
         demo,
+        edge,
         eval,
         report,
         run,

@@ -100,12 +100,17 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
     the old owner acknowledged (by a heartbeat with that generation) that it dropped it, or after the old
     owner's heartbeat timeout: so no sensor is processed by two agents at once.
     ``detection`` maps a sensor to where its anomaly detection runs (``edge`` or ``cloud``).
+    ``lease_s`` (the coordinator's heartbeat timeout; 0: none) is how long the assignment holds without a
+    successful heartbeat: an agent that cannot reach the coordinator for that long (counted from sending
+    the last heartbeat that got an answer) stops processing its sensors, because by then the coordinator
+    has declared it offline and may have handed them to another agent.
     """
 
     node_id: str
     generation: int
     sensors: list[str] = []
     detection: dict[str, Literal["edge", "cloud"]] = {}
+    lease_s: float = 0.0
 
 
 def probe_resources(data_dir: str = ".") -> Resources:

@@ -7,6 +7,7 @@ Endpoints (all but ``/healthz`` need a bearer token; ``open_metrics`` opens ``/m
 ``GET /api/v1/ingest/ws``  ingest    WebSocket ingest, one acknowledgement per message
 ``GET /api/v1/...``        read      sensors, series, windows, anomalies, dead letters
                                      (:mod:`tidegauge.server.query`)
+``POST /api/v1/edge/...``  ingest    edge heartbeats; agents and assignments (read) (:mod:`tidegauge.server.edge`)
 ``GET /metrics``           read      Prometheus text format (:mod:`tidegauge.server.metrics`)
 ``GET /healthz``           (none)    the process is alive
 ``GET /readyz``            any       sources reading, checkpoints fresh, not overloaded; reasons in the body
@@ -47,6 +48,7 @@ from tidegauge.server.validation import RecordValidator
 
 if TYPE_CHECKING:
     from tidegauge.alerting.manager import AlertManager
+    from tidegauge.edge.coordinator import Coordinator
     from tidegauge.edge.receiver import EdgeReceiver
 
 __all__ = ["ServerState", "build_app", "serve"]
@@ -82,13 +84,16 @@ class ServerState:
 
 
 def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
-              alerts: AlertManager | None = None, edge_receiver: EdgeReceiver | None = None) -> Starlette:
+              alerts: AlertManager | None = None, edge_receiver: EdgeReceiver | None = None,
+              coordinator: Coordinator | None = None) -> Starlette:
     """The ASGI app serving ``runner``'s flow (a :class:`~tidegauge.dataflow.Runner`, built or running).
 
     ``environ`` gives the clear tokens of tokens configured by ``env`` (the server config layer passes
     ``os.environ``; library code passes what it wants). ``alerts`` (the manager the flow's ``AlertStep``
     shares) adds the alert and silence endpoints and the alerting metrics (:mod:`tidegauge.server.alerts`).
     ``edge_receiver`` adds ``POST /api/v1/edge/batches`` (:mod:`tidegauge.edge.receiver`) and its metrics.
+    ``coordinator`` adds the edge endpoints and metrics (:mod:`tidegauge.server.edge`); by default the one
+    behind the flow's :class:`~tidegauge.edge.flow.EdgeHeartbeatSource`, if it has one.
     """
     sources = {nid: n.definition for nid, n in runner.flow.nodes.items()
                if n.kind == "source" and isinstance(n.definition, HttpIngestSource)}
@@ -131,6 +136,16 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
     if edge_receiver is not None:
         registry.register(edge_receiver.collector())
         routes += edge_receiver.routes()
+    if coordinator is None:
+        from tidegauge.edge.flow import EdgeHeartbeatSource
+
+        coordinator = next((n.definition.coordinator for n in runner.flow.nodes.values()
+                            if isinstance(n.definition, EdgeHeartbeatSource)), None)
+    if coordinator is not None:
+        from tidegauge.server.edge import EdgeCollector, edge_routes
+
+        registry.register(EdgeCollector(coordinator))
+        routes += edge_routes(coordinator)
     app = Starlette(routes=routes)
     app.state.tg = state
     app.state.alerts = alerts
@@ -187,8 +202,9 @@ async def openapi(request: Request) -> Response:
     return json_response(openapi_schema(state.validator.record, alerts=alerts is not None))
 
 
-_ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/sensors", "/api/v1/windows", "/api/v1/anomalies",
-           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json", "/api/v1/edge/batches")
+_ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/edge/heartbeat", "/api/v1/edge/agents",
+           "/api/v1/edge/assignments", "/api/v1/edge/batches", "/api/v1/sensors", "/api/v1/windows",
+           "/api/v1/anomalies", "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json")
 
 
 class _ObserveMiddleware:
@@ -228,7 +244,8 @@ class _ObserveMiddleware:
 
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
                 alerts: AlertManager | None = None, started: asyncio.Event | None = None,
-                handle_signals: bool = True, edge_receiver: EdgeReceiver | None = None) -> Any:
+                handle_signals: bool = True, edge_receiver: EdgeReceiver | None = None,
+                coordinator: Coordinator | None = None) -> Any:
     """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
@@ -243,7 +260,8 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         from tidegauge.errors import MissingDependencyError
 
         raise MissingDependencyError("uvicorn", "server") from exc
-    app = build_app(runner, config, environ=environ, alerts=alerts, edge_receiver=edge_receiver)
+    app = build_app(runner, config, environ=environ, alerts=alerts, edge_receiver=edge_receiver,
+                    coordinator=coordinator)
     state: ServerState = app.state.tg
     tls: dict[str, Any] = {}
     if config.tls is not None:
