@@ -47,6 +47,7 @@ from tidegauge.server.validation import RecordValidator
 
 if TYPE_CHECKING:
     from tidegauge.alerting.manager import AlertManager
+    from tidegauge.server.live import LiveState
 
 __all__ = ["ServerState", "build_app", "serve"]
 
@@ -81,12 +82,14 @@ class ServerState:
 
 
 def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
-              alerts: AlertManager | None = None) -> Starlette:
+              alerts: AlertManager | None = None, live: LiveState | None = None) -> Starlette:
     """The ASGI app serving ``runner``'s flow (a :class:`~tidegauge.dataflow.Runner`, built or running).
 
     ``environ`` gives the clear tokens of tokens configured by ``env`` (the server config layer passes
     ``os.environ``; library code passes what it wants). ``alerts`` (the manager the flow's ``AlertStep``
     shares) adds the alert and silence endpoints and the alerting metrics (:mod:`tidegauge.server.alerts`).
+    ``live`` (fed by the flow's live steps) adds the dashboard, its login sessions and the live endpoints
+    (:mod:`tidegauge.server.live_api`, :mod:`tidegauge.server.session`, :mod:`tidegauge.dashboard`).
     """
     sources = {nid: n.definition for nid, n in runner.flow.nodes.items()
                if n.kind == "source" and isinstance(n.definition, HttpIngestSource)}
@@ -126,8 +129,20 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
 
         registry.register(AlertCollector(alerts))
         routes += alert_routes(alerts)
+    if live is not None:
+        from tidegauge.dashboard import dashboard_routes
+        from tidegauge.server.live_api import live_routes
+        from tidegauge.server.session import SessionAuthenticator, SessionStore, session_routes
+
+        sessions = SessionStore()
+        state.auth = SessionAuthenticator(state.auth, sessions)
+        routes += [*session_routes(sessions), *live_routes(live, runner, alerts), *dashboard_routes()]
     app = Starlette(routes=routes)
     app.state.tg = state
+    if live is not None:
+        from tidegauge.server.session import SessionMiddleware
+
+        app.add_middleware(SessionMiddleware)
     app.add_middleware(_ObserveMiddleware, state=state)
     return app
 
@@ -221,14 +236,14 @@ class _ObserveMiddleware:
 
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
                 alerts: AlertManager | None = None, started: asyncio.Event | None = None,
-                handle_signals: bool = True) -> Any:
+                handle_signals: bool = True, live: LiveState | None = None) -> Any:
     """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
     when ``handle_signals``, and only from the main thread) the server stops accepting requests, then the
     runner finishes its batch, checkpoints and stops, and :func:`serve` returns normally; records
     acknowledged but not yet processed stay in the intake log and are replayed on the next start.
-    ``alerts`` is passed to :func:`build_app` (the alert and silence endpoints).
+    ``alerts`` and ``live`` are passed to :func:`build_app` (alert endpoints; dashboard and live endpoints).
     """
     try:
         import uvicorn
@@ -236,7 +251,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         from tidegauge.errors import MissingDependencyError
 
         raise MissingDependencyError("uvicorn", "server") from exc
-    app = build_app(runner, config, environ=environ, alerts=alerts)
+    app = build_app(runner, config, environ=environ, alerts=alerts, live=live)
     state: ServerState = app.state.tg
     tls: dict[str, Any] = {}
     if config.tls is not None:

@@ -1,0 +1,172 @@
+"""The demo in one process: simulator -> detectors -> windows, alerts, history store, live state, server.
+
+:func:`build_demo` wires it; ``tidegauge demo`` (:mod:`tidegauge.cli.demo`) parses the flags, calls it and
+runs the result with :func:`~tidegauge.server.app.serve`. The history store layout (``tidegauge report``
+reads it)::
+
+    <data_dir>/run-<UTC %Y%m%dT%H%M%S>/
+        readings.parquet      every reading column + score, is_anomaly, truth_*, latency_ms
+                              (committed parts in readings.parquet.parts/ while running)
+        windows_1m.parquet    1-minute tumbling windows per sensor
+        windows_5m.parquet    5-minute tumbling windows per sensor
+        dead_letters.jsonl    rejected records with their reason
+        alerts.sqlite         the AlertManager's store
+        state/                checkpoints (every 5 s; they also commit the files above)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tidegauge.connectors.simulator import SimulatorSource, SimulatorSourceLogic
+from tidegauge.server.config import HistoryConfig, ServerConfig, TokenConfig
+from tidegauge.server.live import LatencyStep, LiveDeadLettersStep, LiveState, LiveStep, LiveWindowsStep
+from tidegauge.simulate import FleetSnapshot
+
+__all__ = ["DEMO_FIELDS", "TOKEN_ENV", "Demo", "DemoConfig", "build_demo", "demo_alert_manager"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_FIELDS = ["temperature", "vibration", "power_consumption"]
+"""The fields the default detector scores."""
+CHART_FIELDS = ["temperature", "humidity", "pressure", "vibration", "power_consumption"]
+TOKEN_ENV = "TIDEGAUGE_DEMO_TOKEN"
+"""The name the demo's token goes by in the server config (its value is passed as ``environ``)."""
+_AGGS = ["count", "mean", "min", "max", "p99"]
+
+
+class DemoConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``tidegauge demo`` runs."""
+
+    sensors: int = 200
+    rate: float = 2000.0
+    seed: int = 42
+    anomaly_rate: float = 0.02
+    data_dir: str = "tidegauge-data"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    checkpoint_interval: str = "5s"
+    max_delay: str = "20ms"
+
+    def __post_init__(self) -> None:
+        if self.sensors < 1:
+            raise ValueError(f"sensors={self.sensors}: need at least one sensor")
+        if self.rate <= 0:
+            raise ValueError(f"rate={self.rate}: must be positive (readings per second)")
+        if not 0 <= self.anomaly_rate < 1:
+            raise ValueError(f"anomaly_rate={self.anomaly_rate}: a fraction in [0, 1)")
+
+
+@dataclass
+class Demo:
+    """A wired demo, ready for :func:`~tidegauge.server.app.serve`."""
+
+    runner: Any
+    alerts: Any
+    live: LiveState
+    server: ServerConfig
+    run_dir: Path
+
+
+class _FleetNowSource(SimulatorSource):
+    """The simulator with its first event time set when the flow starts reading (not when it was wired),
+    so event time equals wall-clock time and ``latency_ms`` measures the pipeline, not the start-up."""
+
+    def build(self, resume_state: FleetSnapshot | None) -> SimulatorSourceLogic:
+        if resume_state is None:
+            self.config = msgspec.structs.replace(self.config, start=datetime.now(UTC))
+        return super().build(resume_state)
+
+
+def demo_alert_manager(run_dir: Path) -> Any:
+    """The demo's alert manager: the default rules, state in ``run_dir/alerts.sqlite``.
+
+    Delivery runs in background threads (the default ``log`` receiver) so the flow never waits on it.
+    """
+    from tidegauge.alerting import AlertManager, default_config
+
+    return AlertManager(default_config(), store=run_dir / "alerts.sqlite", delivery="background")
+
+
+def _warm_up(fields: list[str]) -> None:
+    """Run a few thousand readings through the demo's compiled kernels (detector, windows, watermark).
+
+    Numba compiles them on first use, which takes a few seconds; done here, before the paced simulator
+    starts, those seconds do not show up as latency of the first readings.
+    """
+    from tidegauge.connectors.simulator import SimulatorSource
+    from tidegauge.dataflow import Flow
+    from tidegauge.detectors import default_detector
+    from tidegauge.simulate import FleetConfig
+    from tidegauge.testing import MemorySink
+    from tidegauge.windows import Tumbling
+
+    t0 = time.perf_counter()
+    flow = Flow("warm-up")
+    scored = flow.source(SimulatorSource(FleetConfig(sensors=10, rate=1000.0), limit=3000)).detect(
+        default_detector(fields=fields))
+    scored.window(Tumbling("1m"), {f: list(_AGGS) for f in fields}).sink(MemorySink())
+    scored.sink(MemorySink())
+    flow.run(max_batch=500)
+    logger.info("warm-up took %.1f s", time.perf_counter() - t0)
+
+
+def build_demo(cfg: DemoConfig, *, now: datetime | None = None, warm_up: bool = True) -> Demo:
+    """Wire the demo flow, its runner, alert manager, live state and server config (nothing runs yet).
+
+    ``warm_up`` first compiles the numba kernels on a small throwaway flow (see :func:`_warm_up`).
+    """
+    if warm_up:
+        _warm_up(DEMO_FIELDS)
+    from tidegauge.alerting import AlertStep
+    from tidegauge.connectors.files import FileSink
+    from tidegauge.dataflow import CheckpointConfig, Flow, Runner, WatermarkConfig
+    from tidegauge.detectors import default_detector
+    from tidegauge.simulate import FleetConfig
+    from tidegauge.windows import Tumbling
+
+    start = now or datetime.now(UTC)
+    run_dir = Path(cfg.data_dir) / start.strftime("run-%Y%m%dT%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fleet = FleetConfig(sensors=cfg.sensors, rate=cfg.rate, seed=cfg.seed, start=start,
+                        anomaly_rate=cfg.anomaly_rate)
+    live = LiveState(CHART_FIELDS)
+    alerts = demo_alert_manager(run_dir)
+
+    flow = Flow("demo", watermark=WatermarkConfig.of(max_delay="2s", idle_timeout="5s"))
+    scored = (flow.source(_FleetNowSource(fleet, paced=True))
+              .detect(default_detector(fields=DEMO_FIELDS), name="detect")
+              .then(LatencyStep(), name="latency"))
+    scored.sink(FileSink(run_dir / "readings.parquet"), name="readings")
+    scored.then(LiveStep(live), name="live")
+    scored.then(AlertStep(alerts.config, manager=alerts), name="alerts")
+    aggs: dict[str, Any] = {f: list(_AGGS) for f in DEMO_FIELDS}
+    aggs["score"] = ["max", "mean"]
+    w1 = scored.window(Tumbling("1m"), aggs, name="window_1m")
+    w1.sink(FileSink(run_dir / "windows_1m.parquet"), name="windows_1m")
+    w1.then(LiveWindowsStep(live), name="live_windows")
+    scored.window(Tumbling("5m"), aggs, name="window_5m").sink(FileSink(run_dir / "windows_5m.parquet"),
+                                                               name="windows_5m")
+    dead = flow.dead_letters()
+    dead.sink(FileSink(run_dir / "dead_letters.jsonl"), name="dead_letter_file")
+    dead.then(LiveDeadLettersStep(live), name="live_dead_letters")
+    # checkpoints also commit the sinks, so the history files fill up while it runs
+    runner = Runner(flow, max_delay=cfg.max_delay,
+                    checkpoint=CheckpointConfig(run_dir / "state", interval=cfg.checkpoint_interval))
+
+    readings = str(run_dir / "readings.parquet")
+    server = ServerConfig(
+        host=cfg.host, port=cfg.port,
+        tokens=[TokenConfig(name="demo", env=TOKEN_ENV, scopes=["read", "admin"])],
+        history=HistoryConfig(readings=readings, windows=str(run_dir / "windows_1m.parquet"),
+                              anomalies=readings),
+        intake_dir=str(run_dir / "intake"),
+    )
+    return Demo(runner=runner, alerts=alerts, live=live, server=server, run_dir=run_dir)
