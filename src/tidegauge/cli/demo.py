@@ -54,7 +54,7 @@ def demo(
     from tidegauge.server.app import serve
     from tidegauge.server.demo import TOKEN_ENV, DemoConfig, build_demo
 
-    stop_after = parse_duration(duration, name="--duration") / 1e6
+    stop_after = 0.0 if duration.strip() in ("", "0") else parse_duration(duration, name="--duration") / 1e6
     secret = token or secrets.token_urlsafe(18)
     port = port or _free_port(host)
     d = build_demo(DemoConfig(sensors=sensors, rate=rate, seed=seed, anomaly_rate=anomaly_rate,
@@ -62,9 +62,11 @@ def demo(
     console = Console()
     console.print(f"tidegauge demo: {sensors:,} sensors at {rate:,.0f} readings/s -> {d.run_dir}", highlight=False)
     started_at = time.monotonic()
+    reading: dict[str, float] = {}  # when the flow started and stopped reading (the rate's time base)
 
     async def main() -> Any:
         started = asyncio.Event()
+        reading["from"] = time.monotonic()
         task = asyncio.create_task(serve(d.runner, d.server, environ={**os.environ, TOKEN_ENV: secret},
                                          alerts=d.alerts, live=d.live, started=started))
         while not started.is_set() and not task.done():
@@ -85,15 +87,19 @@ def demo(
                 live.update(f"{elapsed:6.1f}s  {n:,} readings ({n / max(elapsed, 1e-9):,.0f}/s)  "
                             f"anomalies {d.live.anomalies_total:,}  "
                             f"dead letters {d.runner.metrics.dead_letters_total:,}")
-                if stop_after and elapsed >= stop_after:
+                if stop_after and elapsed >= stop_after and "to" not in reading:
+                    reading["to"] = time.monotonic()
                     d.runner.stop()
+        reading.setdefault("to", time.monotonic())
         return await task
 
     try:
         result = asyncio.run(main())
     finally:
         d.alerts.close()
-    _summary(console, d, result, time.monotonic() - started_at)
+    reading.setdefault("from", started_at)
+    reading.setdefault("to", time.monotonic())
+    _summary(console, d, result, time.monotonic() - started_at, reading["to"] - reading["from"])
 
 
 def _url_host(host: str) -> str:
@@ -112,7 +118,7 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _summary(console: Console, d: Any, result: Any, elapsed: float) -> None:
+def _summary(console: Console, d: Any, result: Any, elapsed: float, reading_s: float) -> None:
     live = d.live
     p50, p99 = live.run_latency()
     alerts = d.alerts.list_alerts()
@@ -120,9 +126,8 @@ def _summary(console: Console, d: Any, result: Any, elapsed: float) -> None:
     for a in alerts:
         by_sev[a.severity] = by_sev.get(a.severity, 0) + 1
     fired = sum(1 for a in alerts if a.fired_at is not None)
-    seconds = max(result.seconds, 1e-9)
     console.print(f"[bold]summary[/] after {elapsed:.1f}s: {result.records_in:,} readings "
-                  f"({result.records_in / seconds:,.0f}/s over {result.seconds:.1f}s of flow), "
+                  f"({result.records_in / max(reading_s, 1e-9):,.0f}/s over {reading_s:.1f}s of reading), "
                   f"{result.records_out.get('windows_1m', 0):,} 1-minute windows, "
                   f"{result.records_out.get('windows_5m', 0):,} 5-minute windows, "
                   f"{sum(result.dead_letters.values()):,} dead letters", highlight=False)

@@ -98,6 +98,7 @@ class LiveState:
         self.dead_by_stage: dict[str, int] = {}
         self.windows: pl.DataFrame | None = None
         self.started = clock()
+        self._newest = 0  # newest second in the per-sensor rings
 
     # -- storage ---------------------------------------------------------------------------------
     def _alloc(self, cap: int) -> None:
@@ -190,7 +191,7 @@ class LiveState:
              .agg(pl.len().alias("_n"), score.max().alias("_score"), anom.sum().alias("_anom"),
                   *[pl.col(f).cast(pl.Float64).fill_nan(None).sum().alias(f) for f in fields]))
         sec = g["_sec"].to_numpy()
-        newest = max(int(sec.max()), int(self.b_second.max()) if len(self.names) else 0)
+        newest = self._newest = max(int(sec.max()), self._newest)
         keep = sec > newest - self.history_s  # older than the ring: dropped, never overwriting newer slots
         if not keep.all():
             g = g.filter(pl.Series(keep))

@@ -102,7 +102,10 @@ class LiveApi:
         counts: dict[str, int] = {}
         nodes = self.runner.flow.nodes
         for nid, node in nodes.items():
-            counts[nid] = int(m.records_in.get(nid, 0) if node.kind == "source" else m.records_out.get(nid, 0))
+            if node.kind == "dead_letters":
+                counts[nid] = int(m.dead_letters_total)
+            else:
+                counts[nid] = int(m.records_in.get(nid, 0) if node.kind == "source" else m.records_out.get(nid, 0))
         mono = time.monotonic()
         if self._prev is None:
             self._prev = (mono, counts)
@@ -117,10 +120,15 @@ class LiveApi:
         dead = dict(self.live.dead_by_stage)
         rows = []
         for nid, node in nodes.items():
+            inputs = [src for src, _port in node.inputs]
+            received = counts[nid] if node.kind == "source" else sum(counts.get(src, 0) for src in inputs)
+            rate = self._rates.get(nid, 0.0) if node.kind == "source" else sum(self._rates.get(s, 0.0)
+                                                                               for s in inputs)
             rows.append({
-                "id": nid, "kind": node.kind, "type": type(node.definition).__name__,
-                "inputs": [src for src, _port in node.inputs],
-                "records": counts[nid], "rate_per_s": round(self._rates.get(nid, 0.0), 1),
+                "id": nid, "kind": node.kind,
+                "type": "dead-letter output" if node.kind == "dead_letters" else type(node.definition).__name__,
+                "inputs": inputs, "records_in": received, "records_out": counts[nid],
+                "rate_per_s": round(rate, 1),
                 # steps are chained: a batch goes through them synchronously; the one queue is the sources'
                 "queue_depth": m.queue_depth if node.kind == "source" else 0,
                 "watermark_lag_s": None if lag is None else round(lag, 3),

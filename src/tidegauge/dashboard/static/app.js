@@ -4,6 +4,7 @@
 
 const COLORS = ["#2e9d5b", "#e0a100", "#d64545"];
 const STATUS = ["normal", "warning", "alert"];
+const MAX_ALERT_ROWS = 200;
 const ROW_H = 28;  // must match .vrow height in style.css (the list is virtualised on it)
 const PLOT_CFG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 const $ = (id) => document.getElementById(id);
@@ -147,7 +148,7 @@ function renderOverview(o) {
   const sevColor = { critical: "#9b1c1c", major: "#d64545", minor: "#e0a100", warning: "#e0a100", info: "#5b7083" };
   Plotly.react("c-alerts", [{ x: sev, y: sev.map((s) => o.alerts.firing_by_severity[s]), type: "bar",
     marker: { color: sev.map((s) => sevColor[s] || "#5b7083") } }],
-  layout({ xaxis: { type: "category" }, yaxis: { rangemode: "tozero", dtick: 1, gridcolor: "#eef1f5" } }), PLOT_CFG);
+  layout({ xaxis: { type: "category" }, yaxis: { rangemode: "tozero", tickformat: "d", nticks: 6, gridcolor: "#eef1f5" } }), PLOT_CFG);
   const sc = o.status_counts;
   Plotly.react("c-status", [{ x: STATUS, y: STATUS.map((s) => sc[s]), type: "bar", marker: { color: COLORS },
     text: STATUS.map((s) => String(sc[s])), textposition: "auto" }],
@@ -240,7 +241,7 @@ function renderDetail(d) {
     traces.push({ x: ai.map((k) => t[k]), y: ai.map((k) => y[k]), xaxis: `x${ax}`, yaxis: `y${ax}`, type: "scatter",
       mode: "markers", name: `${f} anomalies`, marker: { color: "#d64545", symbol: "x", size: 8 }, meta: "anomaly" });
     lay[`yaxis${ax}`] = { title: { text: f.replace("_", " "), font: { size: 11 } }, gridcolor: "#eef1f5" };
-    lay[`xaxis${ax}`] = { type: "date", showticklabels: j === n - 2 || false, gridcolor: "#eef1f5", matches: "x" };
+    lay[`xaxis${ax}`] = { type: "date", showticklabels: false, gridcolor: "#eef1f5", matches: "x" };
   });
   const ax = String(n);
   traces.push({ x: t, y: d.series.score, xaxis: `x${ax}`, yaxis: `y${ax}`, type: "scatter", mode: "lines", name: "score",
@@ -293,7 +294,10 @@ async function loadAlerts() {
   if (!a.ok) { $("alerts-note").textContent = a.status === 404 ? "alerting is not enabled on this server" : `alerts: ${a.status}`; return; }
   for (const state of ["firing", "pending", "resolved"]) {
     const rows = a.body.alerts.filter((x) => x.state === state);
-    $(`alerts-${state}`).innerHTML = rows.length ? alertHead() + rows.map(alertRow).join("") : `<tr><td class="muted">none</td></tr>`;
+    // a fleet-wide incident can raise thousands: the newest MAX_ALERT_ROWS are shown, the rest counted
+    rows.sort((p, q) => Date.parse(q.fired_at || q.active_since) - Date.parse(p.fired_at || p.active_since));
+    const more = rows.length > MAX_ALERT_ROWS ? `<tr><td colspan=7 class="muted">and ${fmt(rows.length - MAX_ALERT_ROWS)} more ${state} alerts</td></tr>` : "";
+    $(`alerts-${state}`).innerHTML = rows.length ? alertHead() + rows.slice(0, MAX_ALERT_ROWS).map(alertRow).join("") + more : `<tr><td class="muted">none</td></tr>`;
   }
   const sil = s.ok ? s.body.silences.filter((x) => x.state !== "expired") : [];
   $("silences").innerHTML = sil.length ? "<tr><th>matchers</th><th>state</th><th>ends</th><th>by</th><th></th></tr>" + sil.map((x) =>
@@ -338,10 +342,11 @@ $("page-alerts").addEventListener("click", async (ev) => {
 
 // ---------------------------------------------------------------------------------------------- pipeline
 function renderPipeline(rows) {
-  const head = "<tr><th>step</th><th>kind</th><th>type</th><th>inputs</th><th class=num>records</th><th class=num>rate/s</th>" +
+  const head = "<tr><th>step</th><th>kind</th><th>type</th><th>inputs</th><th class=num>records in</th><th class=num>rate in/s</th><th class=num>records out</th>" +
     "<th class=num>queue depth</th><th class=num>watermark lag</th><th class=num>late</th><th class=num>dead-lettered</th><th class=num>checkpoint age</th></tr>";
   $("pipeline").innerHTML = head + rows.map((r) => `<tr><td>${esc(r.id)}</td><td>${esc(r.kind)}</td><td>${esc(r.type)}</td>` +
-    `<td>${esc(r.inputs.join(", "))}</td><td class=num>${fmt(r.records)}</td><td class=num>${fmt(r.rate_per_s)}</td>` +
+    `<td>${esc(r.inputs.join(", "))}</td><td class=num>${fmt(r.records_in)}</td><td class=num>${fmt(r.rate_per_s)}</td>` +
+    `<td class=num>${fmt(r.records_out)}</td>` +
     `<td class=num>${fmt(r.queue_depth)}</td><td class=num>${r.watermark_lag_s === null ? "–" : fmt(r.watermark_lag_s, 2) + " s"}</td>` +
     `<td class=num>${fmt(r.late)}</td><td class=num>${fmt(r.dead_letters)}</td>` +
     `<td class=num>${r.checkpoint_age_s === null ? "–" : fmt(r.checkpoint_age_s, 1) + " s"}</td></tr>`).join("");
