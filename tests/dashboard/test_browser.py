@@ -75,7 +75,7 @@ def test_loads_with_a_token_and_live_figures_change(browser: Any, demo: RunningD
     assert demo.token not in page.url
     # the session cookie is HttpOnly: the page's scripts never see it (nor the token)
     assert "tg_session" not in page.evaluate("document.cookie")
-    page.wait_for_function("document.getElementById('t-rate').textContent !== '–'")
+    page.wait_for_function("document.getElementById('t-rate').textContent !== '\\u2013'")
     page.wait_for_selector("#c-rate .main-svg")
 
     def totals() -> str:
@@ -122,6 +122,10 @@ def test_clicking_a_sensor_shows_its_chart_with_anomaly_markers(browser: Any, de
     assert markers > 0, "the live chart shows no anomaly markers for a sensor with anomalies"
     fields = page.evaluate("document.getElementById('d-live').data.filter(t => t.mode === 'lines').length")
     assert fields >= 5  # each field plus the score
+    # the chart follows the sensor live (pushed over the WebSocket), without reloading
+    newest = "(() => { const x = document.getElementById('d-live').data[0].x; return String(x[x.length - 1]); })()"
+    before = page.evaluate(newest)
+    wait_for(lambda: page.evaluate(newest) != before, timeout=15, what="the sensor chart to move on")
     page.select_option("#h-range", "900")
     page.click("#h-load")
     page.wait_for_function("document.getElementById('h-note').textContent.includes('buckets')", timeout=30_000)

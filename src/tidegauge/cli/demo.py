@@ -56,7 +56,7 @@ def demo(
 
     stop_after = 0.0 if duration.strip() in ("", "0") else parse_duration(duration, name="--duration") / 1e6
     secret = token or secrets.token_urlsafe(18)
-    port = port or _free_port(host)
+    port = _check_port(host, port)
     d = build_demo(DemoConfig(sensors=sensors, rate=rate, seed=seed, anomaly_rate=anomaly_rate,
                               data_dir=str(data_dir), host=host, port=port))
     console = Console()
@@ -69,9 +69,9 @@ def demo(
         reading["from"] = time.monotonic()
         task = asyncio.create_task(serve(d.runner, d.server, environ={**os.environ, TOKEN_ENV: secret},
                                          alerts=d.alerts, live=d.live, started=started))
-        while not started.is_set() and not task.done():
-            await asyncio.wait({task, asyncio.create_task(started.wait())}, timeout=0.1,
-                               return_when=asyncio.FIRST_COMPLETED)
+        waiter = asyncio.create_task(started.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
         if task.done():
             return await task
         url = f"http://{_url_host(host)}:{d.server.port}/"
@@ -108,13 +108,23 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _free_port(host: str) -> int:
-    """A port free right now on ``host`` (for ``--port 0``; the server binds it a moment later)."""
+def _check_port(host: str, port: int) -> int:
+    """``port`` if it is free on ``host`` (any free port for 0); a clear error if it is taken.
+
+    uvicorn would otherwise exit the process from inside the event loop, after the flow has started.
+    """
     import socket
+
+    from tidegauge.errors import ConfigError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): is another demo running? "
+                              "Pick another port with --port (0: any free port)") from None
         return int(s.getsockname()[1])
 
 

@@ -329,7 +329,7 @@ class LiveState:
                 if row.height:
                     window = {k: (v.isoformat() if hasattr(v, "isoformat") else v)
                               for k, v in row.row(0, named=True).items()}
-            return {"id": self.names[i], "type": self.types[i] if i < len(self.types) else "",
+            return {"id": self.names[i], "sensor_type": self.types[i] if i < len(self.types) else "",
                     "latitude": _num(self.lat[i]), "longitude": _num(self.lon[i]),
                     "status": STATUSES[int(codes[i])], "score": float(self.last_score[i]),
                     "last_seen": int(self.last_seen[i] // 1000), "anomalies_total": int(self.anomaly_count[i]),

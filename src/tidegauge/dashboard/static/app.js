@@ -225,7 +225,7 @@ async function select(id) {
 
 function renderDetail(d) {
   S.detail = d;
-  $("d-meta").innerHTML = `${esc(d.type)} · <span class="st s${STATUS.indexOf(d.status)}">${esc(d.status)}</span> · ` +
+  $("d-meta").innerHTML = `${esc(d.sensor_type)} · <span class="st s${STATUS.indexOf(d.status)}">${esc(d.status)}</span> · ` +
     `score ${fmt(d.score, 3)} · ${fmt(d.anomalies_total)} anomalous readings · lat ${fmt(d.latitude, 3)}, lon ${fmt(d.longitude, 3)}`;
   const fields = Object.keys(d.series.fields);
   if (!$("h-field").options.length) $("h-field").innerHTML = fields.map((f) => `<option>${esc(f)}</option>`).join("");
