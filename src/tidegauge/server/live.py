@@ -38,7 +38,6 @@ __all__ = ["STATUSES", "LatencyStep", "LiveDeadLettersStep", "LiveState", "LiveS
 logger = logging.getLogger(__name__)
 
 STATUSES = ("normal", "warning", "alert")
-_OP_STATUS = {"normal": 0, "warning": 1, "alert": 2}
 # latency histogram: log-spaced bounds from 0.1 ms to ~100 s, 10 per decade (quantiles within ~12%)
 _LAT_BOUNDS = 0.1 * 10 ** (np.arange(61) / 10)
 _FLEET_S = 600  # per-second fleet totals kept: 10 minutes for the overview charts
@@ -145,91 +144,96 @@ class LiveState:
 
     # -- feeding ---------------------------------------------------------------------------------
     def update(self, df: pl.DataFrame, ctx: StepContext) -> None:
-        """Fold one scored batch (with the flow's ``_tg_key`` ids) into the state."""
+        """Fold one scored batch (with the flow's ``_tg_key`` ids) into the state.
+
+        numpy on the batch's columns (a handful of polars calls cost more than the arithmetic at
+        ~1,000-row batches): latest values by fancy assignment (the last row of a sensor wins), the
+        per-second buckets by ``np.unique`` + ``np.bincount`` over (sensor, second).
+        """
         if not df.height:
             return
-        tcol = ctx.time_column
         has = set(df.columns)
-        fields = [f for f in self.fields if f in has]
-        ts = pl.col(tcol).dt.epoch("us")
-        score = pl.col("score").fill_null(0.0).fill_nan(0.0) if "score" in has else pl.lit(0.0)
-        anom = pl.col("is_anomaly").fill_null(False) if "is_anomaly" in has else pl.lit(False)
+        ids = df[KEY_ID].to_numpy().astype(np.int64)
+        ts = _micros(df[ctx.time_column])
+        score = np.nan_to_num(_floats(df["score"]), nan=0.0) if "score" in has else np.zeros(df.height)
+        anom = _bools(df["is_anomaly"]) if "is_anomaly" in has else np.zeros(df.height, bool)
+        values = {f: _floats(df[f]) for f in self.fields if f in has}
         with self.lock:
-            ids = df[KEY_ID].to_numpy()
             self._ensure(ids, ctx, df)
-            self._latest(df, fields, ts, score, anom)
-            self._buckets(df, fields, ts, score, anom)
-            self._fleet(df, ctx, anom, has)
+            self._latest(df, ids, ts, score, anom, values)
+            self._buckets(ids, ts, score, anom, values)
+            self._fleet(df, ctx, int(anom.sum()), has, anom)
 
-    def _latest(self, df: pl.DataFrame, fields: list[str], ts: pl.Expr, score: pl.Expr, anom: pl.Expr) -> None:
-        has = set(df.columns)
-        cols = [pl.col(KEY_ID), ts.alias("_ts"), score.alias("_score"), *[pl.col(f) for f in fields]]
-        for c in ("latitude", "longitude", "operational_status"):
-            if c in has:
-                cols.append(pl.col(c))
-        last = df.select(cols).unique(KEY_ID, keep="last", maintain_order=False)
-        i = last[KEY_ID].to_numpy()
+    def _latest(self, df: pl.DataFrame, ids: np.ndarray[Any, Any], ts: np.ndarray[Any, Any],
+                score: np.ndarray[Any, Any], anom: np.ndarray[Any, Any], values: dict[str, Any]) -> None:
         for j, f in enumerate(self.fields):
-            if f in fields:
-                self.last[i, j] = last[f].cast(pl.Float64).to_numpy()
-        self.last_score[i] = last["_score"].to_numpy()
-        self.last_seen[i] = last["_ts"].to_numpy()
-        if "latitude" in has and "longitude" in has:
-            self.lat[i] = last["latitude"].cast(pl.Float64).to_numpy()
-            self.lon[i] = last["longitude"].cast(pl.Float64).to_numpy()
-        if "operational_status" in has:
-            self.op_status[i] = last["operational_status"].replace_strict(
-                _OP_STATUS, default=0, return_dtype=pl.Int8).to_numpy()
-        flagged = df.filter(anom).group_by(KEY_ID).agg(pl.len().alias("n"), ts.max().alias("t"))
-        if flagged.height:
-            k = flagged[KEY_ID].to_numpy()
-            self.anomaly_count[k] += flagged["n"].to_numpy()
-            self.last_anomaly[k] = np.maximum(self.last_anomaly[k], flagged["t"].to_numpy())
+            if f in values:
+                self.last[ids, j] = values[f]
+        self.last_score[ids] = score
+        self.last_seen[ids] = ts
+        if "latitude" in df.columns and "longitude" in df.columns:
+            self.lat[ids] = _floats(df["latitude"])
+            self.lon[ids] = _floats(df["longitude"])
+        if "operational_status" in df.columns:
+            status = df["operational_status"].to_numpy()
+            self.op_status[ids] = np.where(status == "alert", 2, np.where(status == "warning", 1, 0))
+        if anom.any():
+            k, t = ids[anom], ts[anom]
+            np.add.at(self.anomaly_count, k, 1)
+            np.maximum.at(self.last_anomaly, k, t)
 
-    def _buckets(self, df: pl.DataFrame, fields: list[str], ts: pl.Expr, score: pl.Expr, anom: pl.Expr) -> None:
-        g = (df.group_by(pl.col(KEY_ID), (ts // 1_000_000).alias("_sec"))
-             .agg(pl.len().alias("_n"), score.max().alias("_score"), anom.sum().alias("_anom"),
-                  *[pl.col(f).cast(pl.Float64).fill_nan(None).sum().alias(f) for f in fields]))
-        sec = g["_sec"].to_numpy()
+    def _buckets(self, ids: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], score: np.ndarray[Any, Any],
+                 anom: np.ndarray[Any, Any], values: dict[str, Any]) -> None:
+        b = self.history_s
+        sec = ts // 1_000_000
         newest = self._newest = max(int(sec.max()), self._newest)
-        keep = sec > newest - self.history_s  # older than the ring: dropped, never overwriting newer slots
+        keep = sec > newest - b  # older than the ring: dropped, never overwriting newer slots
         if not keep.all():
-            g = g.filter(pl.Series(keep))
-            sec = sec[keep]
-        s = g[KEY_ID].to_numpy()
-        k = sec % self.history_s
-        stale = self.b_second[s, k] != sec
+            ids, sec, score, anom = ids[keep], sec[keep], score[keep], anom[keep]
+            values = {f: v[keep] for f, v in values.items()}
+            if not len(ids):
+                return
+        pair, inv = np.unique(ids * (2**40) + sec, return_inverse=True)
+        ps = pair % (2**40)
+        flat = (pair // (2**40)) * b + ps % b  # (sensor, slot) as one index into the flattened rings
+        second, n, anoms = self.b_second.reshape(-1), self.b_n.reshape(-1), self.b_anom.reshape(-1)
+        top_score, sums = self.b_score.reshape(-1), self.b_sum.reshape(-1, len(self.fields))
+        stale = second[flat] != ps
         if stale.any():
-            ss, kk = s[stale], k[stale]
-            self.b_sum[ss, kk, :] = 0.0
-            self.b_n[ss, kk] = 0
-            self.b_score[ss, kk] = 0.0
-            self.b_anom[ss, kk] = 0
-            self.b_second[ss, kk] = sec[stale]
-        self.b_n[s, k] += g["_n"].to_numpy().astype(np.int32)
-        self.b_anom[s, k] += g["_anom"].to_numpy().astype(np.int32)
-        self.b_score[s, k] = np.maximum(self.b_score[s, k], g["_score"].to_numpy().astype(np.float32))
+            old = flat[stale]
+            sums[old] = 0.0
+            n[old] = anoms[old] = 0
+            top_score[old] = 0.0
+            second[old] = ps[stale]
+        m = len(pair)
+        n[flat] += np.bincount(inv, minlength=m).astype(np.int32)
+        anoms[flat] += np.bincount(inv, weights=anom, minlength=m).astype(np.int32)
+        top = np.zeros(m)
+        np.maximum.at(top, inv, score)
+        top_score[flat] = np.maximum(top_score[flat], top.astype(np.float32))
+        add = np.zeros((m, len(self.fields)), dtype=np.float32)
         for j, f in enumerate(self.fields):
-            if f in fields:
-                self.b_sum[s, k, j] += g[f].fill_null(0.0).to_numpy().astype(np.float32)
+            if f in values:
+                v = values[f]
+                add[:, j] = np.bincount(inv, weights=np.where(np.isfinite(v), v, 0.0), minlength=m)
+        sums[flat] += add
 
-    def _fleet(self, df: pl.DataFrame, ctx: StepContext, anom: pl.Expr, has: set[str]) -> None:
+    def _fleet(self, df: pl.DataFrame, ctx: StepContext, n_anom: int, has: set[str],
+               anom: np.ndarray[Any, Any]) -> None:
         sec = ctx.now_us // 1_000_000
         slot = sec % _FLEET_S
         if self.fleet_second[slot] != sec:
             self.fleet_second[slot] = sec
             self.fleet_readings[slot] = self.fleet_anomalies[slot] = 0
             self.fleet_latency[slot, :] = 0
-        n_anom = int(df.select(anom.sum()).item())
         self.fleet_readings[slot] += df.height
         self.fleet_anomalies[slot] += n_anom
         self.readings_total += df.height
         self.anomalies_total += n_anom
         if "truth_anomaly" in has:
-            truth = df.select(pl.col("truth_anomaly").fill_null(False).sum().alias("t"),
-                              (pl.col("truth_anomaly").fill_null(False) & anom).sum().alias("tp")).row(0)
-            self.injected_total += int(truth[0])
-            self.true_positives += int(truth[1])
+            truth = _bools(df["truth_anomaly"])
+            self.injected_total += int(truth.sum())
+            self.true_positives += int((truth & anom).sum())
         if "latency_ms" in has:
             lat = df["latency_ms"].to_numpy()
             idx = np.clip(np.searchsorted(_LAT_BOUNDS, lat), 0, len(_LAT_BOUNDS) - 1)
@@ -341,6 +345,25 @@ class LiveState:
             n = len(self.names)
             return {"ids": list(self.names), "types": list(self.types[:n]),
                     "lat": [_num(v) for v in self.lat[:n]], "lon": [_num(v) for v in self.lon[:n]]}
+
+
+# Series -> numpy without polars expressions: each expression on a Series runs a small query, which costs
+# more than the arithmetic on a ~1,000-row batch
+def _floats(s: pl.Series) -> np.ndarray[Any, Any]:
+    out = s.to_numpy() if s.dtype == pl.Float64 else s.cast(pl.Float64).to_numpy()
+    return np.asarray(out, dtype=np.float64)  # nulls arrive as NaN
+
+
+def _bools(s: pl.Series) -> np.ndarray[Any, Any]:
+    if s.null_count():
+        s = s.fill_null(False)
+    return np.asarray(s.to_numpy(), dtype=bool)
+
+
+def _micros(s: pl.Series) -> np.ndarray[Any, Any]:
+    if s.dtype == pl.Datetime("us", "UTC") or s.dtype == pl.Datetime("us"):
+        return np.asarray(s.to_numpy(), dtype="datetime64[us]").view(np.int64)
+    return np.asarray(s.dt.epoch("us").to_numpy(), dtype=np.int64)
 
 
 def _num(v: Any) -> float | None:
