@@ -19,6 +19,7 @@ The target's figures are also given as ratios to the reference's. ``python bench
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -134,7 +135,7 @@ def run_one(sensors: int, rate: float, duration: float, workdir: Path) -> dict[s
     out["keep_up"] = out["readings_per_s"] / rate if m else None
     out["latency_p50_ms"], out["latency_p99_ms"] = (float(lat.group(1)), float(lat.group(2))) if lat else (None,
                                                                                                         None)
-    gaps = [b[0] - a[0] for a, b in zip(frames, frames[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(frames)]
     out["ws_pushes"] = len(frames)
     out["ws_gap_median_s"] = statistics.median(gaps) if gaps else None
     out["ws_gap_max_s"] = max(gaps) if gaps else None
@@ -155,7 +156,7 @@ def main() -> None:
         big = run_one(args.sensors, args.rate, args.duration, Path(tmp) / "big")
     keys = [k for k in big if k not in ("sensors", "rate")]
     print(f"{'figure':32} {'reference':>12} {'target':>12} {'ratio':>8}")
-    print(f"{'sensors / rate':32} {f'200 / 2000':>12} {f'{args.sensors} / {args.rate:.0f}':>12}")
+    print(f"{'sensors / rate':32} {'200 / 2000':>12} {f'{args.sensors} / {args.rate:.0f}':>12}")
     for k in keys:
         a, b = ref.get(k), big.get(k)
         ratio = f"{b / a:8.2f}" if isinstance(a, int | float) and isinstance(b, int | float) and a else ""
