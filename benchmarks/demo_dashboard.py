@@ -120,6 +120,12 @@ def run_one(sensors: int, rate: float, duration: float, workdir: Path) -> dict[s
             page.wait_for_selector(f'#list-rows .vrow[data-id="{target}"]')
             out["scroll_to_end_ms"] = (time.perf_counter() - t) * 1000
             out["dom_rows"] = page.locator("#list-rows .vrow").count()
+            shots = Path("benchmarks/out")
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / f"dashboard-sensors-{sensors}.png"))
+            page.goto(url + "#overview")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(shots / f"dashboard-overview-{sensors}.png"))
             # arrival times in the page (ms); the sensors page too: navigation is by hash, no reload
             frames = [(t / 1000, n) for t, n in page.evaluate("window.__ws")]
             browser.close()
