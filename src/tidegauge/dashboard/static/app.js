@@ -7,6 +7,7 @@ const STATUS = ["normal", "warning", "alert"];
 const MAX_ALERT_ROWS = 200;
 const ROW_H = 28;  // must match .vrow height in style.css (the list is virtualised on it)
 const PLOT_CFG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+const LIVE_CFG = { ...PLOT_CFG, displayModeBar: false };  // overview figures: redrawn every second
 const $ = (id) => document.getElementById(id);
 
 const S = {
@@ -137,22 +138,22 @@ function renderOverview(o) {
   $("t-alerts").textContent = o.alerts.enabled ? fmt(firing) : "off";
   const t = o.series.t.map((x) => new Date(x));
   Plotly.react("c-rate", [{ x: t, y: o.series.readings, type: "scatter", mode: "lines", line: { color: "#2563eb" },
-    fill: "tozeroy", fillcolor: "rgba(37,99,235,.08)" }], layout(), PLOT_CFG);
+    fill: "tozeroy", fillcolor: "rgba(37,99,235,.08)" }], layout(), LIVE_CFG);
   Plotly.react("c-latency", [
     { x: t, y: o.series.p50_ms, name: "p50", type: "scatter", mode: "lines", line: { color: "#2e9d5b" } },
     { x: t, y: o.series.p99_ms, name: "p99", type: "scatter", mode: "lines", line: { color: "#d64545" } },
-  ], layout({ showlegend: true, legend: { orientation: "h", x: 0, y: 1.12 }, yaxis: { type: "log", gridcolor: "#eef1f5" } }), PLOT_CFG);
+  ], layout({ showlegend: true, legend: { orientation: "h", x: 0, y: 1.12 }, yaxis: { type: "log", gridcolor: "#eef1f5" } }), LIVE_CFG);
   Plotly.react("c-anom", [{ x: t, y: o.series.anomaly_rate.map((v) => 100 * v), type: "scatter", mode: "lines",
-    line: { color: "#d64545" } }], layout({ yaxis: { ticksuffix: " %", rangemode: "tozero", gridcolor: "#eef1f5" } }), PLOT_CFG);
+    line: { color: "#d64545" } }], layout({ yaxis: { ticksuffix: " %", rangemode: "tozero", gridcolor: "#eef1f5" } }), LIVE_CFG);
   const sev = Object.keys(o.alerts.firing_by_severity || {});
   const sevColor = { critical: "#9b1c1c", major: "#d64545", minor: "#e0a100", warning: "#e0a100", info: "#5b7083" };
   Plotly.react("c-alerts", [{ x: sev, y: sev.map((s) => o.alerts.firing_by_severity[s]), type: "bar",
     marker: { color: sev.map((s) => sevColor[s] || "#5b7083") } }],
-  layout({ xaxis: { type: "category" }, yaxis: { rangemode: "tozero", tickformat: "d", nticks: 6, gridcolor: "#eef1f5" } }), PLOT_CFG);
+  layout({ xaxis: { type: "category" }, yaxis: { rangemode: "tozero", tickformat: "d", nticks: 6, gridcolor: "#eef1f5" } }), LIVE_CFG);
   const sc = o.status_counts;
   Plotly.react("c-status", [{ x: STATUS, y: STATUS.map((s) => sc[s]), type: "bar", marker: { color: COLORS },
     text: STATUS.map((s) => String(sc[s])), textposition: "auto" }],
-  layout({ xaxis: { type: "category" } }), PLOT_CFG);
+  layout({ xaxis: { type: "category" } }), LIVE_CFG);
   const tot = o.totals;
   const rows = [["readings", fmt(tot.readings)], ["anomalous readings flagged", fmt(tot.anomalies)],
     ["injected (simulator labels)", fmt(tot.injected)], ["flagged and injected", fmt(tot.true_positives)],
