@@ -110,8 +110,9 @@ def test_clicking_a_sensor_shows_its_chart_with_anomaly_markers(browser: Any, de
     page.wait_for_selector("#list-rows .vrow")
     page.wait_for_selector("#map .main-svg")
     # virtualised: 60 sensors, only the visible rows are in the DOM
+    assert 0 < page.locator("#list-rows .vrow").count() < 60
     page.fill("#search", sid)
-    page.wait_for_selector(f'#list-rows .vrow[data-id="{sid}"]')
+    page.wait_for_function("document.getElementById('list-count').textContent.startsWith('1 of')")
     assert page.locator("#list-rows .vrow").count() == 1
     page.click(f'#list-rows .vrow[data-id="{sid}"]')
     page.wait_for_selector("#d-live .main-svg")

@@ -196,7 +196,8 @@ async def openapi(request: Request) -> Response:
 
 
 _ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/sensors", "/api/v1/windows", "/api/v1/anomalies",
-           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json")
+           "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json",
+           "/api/v1/live", "/api/v1/session", "/static", "/vendor")
 
 
 class _ObserveMiddleware:

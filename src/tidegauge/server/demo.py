@@ -122,8 +122,9 @@ class Coalesce:
 
     The alert manager's cost per batch grows with the number of active alerts, not with rows (it saves
     every active alert at each evaluation): fed once a second instead of every ~20 ms batch it keeps up
-    with 10,000 sensors, and an alert is at most a second later. Rows held when the flow stops are not evaluated (the alert state lives in its own
-    store, not in the flow's checkpoints, so nothing else is lost).
+    with 10,000 sensors, and an alert is at most a second later. Rows held when the flow stops are not
+    evaluated (the alert state lives in its own store, not in the flow's checkpoints, so nothing else
+    is lost).
     """
 
     snapshot_type = None
