@@ -62,11 +62,11 @@ def demo(
     console = Console()
     console.print(f"tidegauge demo: {sensors:,} sensors at {rate:,.0f} readings/s -> {d.run_dir}", highlight=False)
     started_at = time.monotonic()
-    reading: dict[str, float] = {}  # when the flow started and stopped reading (the rate's time base)
+    reading: dict[str, float] = {}  # when the flow stopped reading and how many it had read then
+    stopping: list[bool] = []
 
     async def main() -> Any:
         started = asyncio.Event()
-        reading["from"] = time.monotonic()
         task = asyncio.create_task(serve(d.runner, d.server, environ={**os.environ, TOKEN_ENV: secret},
                                          alerts=d.alerts, live=d.live, started=started))
         waiter = asyncio.create_task(started.wait())
@@ -87,19 +87,21 @@ def demo(
                 live.update(f"{elapsed:6.1f}s  {n:,} readings ({n / max(elapsed, 1e-9):,.0f}/s)  "
                             f"anomalies {d.live.anomalies_total:,}  "
                             f"dead letters {d.runner.metrics.dead_letters_total:,}")
-                if stop_after and elapsed >= stop_after and "to" not in reading:
-                    reading["to"] = time.monotonic()
+                if stopping:
+                    continue
+                if n > reading.get("n", 0):  # on Ctrl-C the rate's time base ends with the last new readings
+                    reading["to"], reading["n"] = time.monotonic(), n
+                if stop_after and elapsed >= stop_after:
+                    stopping.append(True)
+                    reading["to"], reading["n"] = time.monotonic(), n
                     d.runner.stop()
-        reading.setdefault("to", time.monotonic())
         return await task
 
     try:
         result = asyncio.run(main())
     finally:
         d.alerts.close()
-    reading.setdefault("from", started_at)
-    reading.setdefault("to", time.monotonic())
-    _summary(console, d, result, time.monotonic() - started_at, reading["to"] - reading["from"])
+    _summary(console, d, result, time.monotonic() - started_at, reading)
 
 
 def _url_host(host: str) -> str:
@@ -128,7 +130,7 @@ def _check_port(host: str, port: int) -> int:
         return int(s.getsockname()[1])
 
 
-def _summary(console: Console, d: Any, result: Any, elapsed: float, reading_s: float) -> None:
+def _summary(console: Console, d: Any, result: Any, elapsed: float, reading: dict[str, float]) -> None:
     live = d.live
     p50, p99 = live.run_latency()
     alerts = d.alerts.list_alerts()
@@ -136,8 +138,12 @@ def _summary(console: Console, d: Any, result: Any, elapsed: float, reading_s: f
     for a in alerts:
         by_sev[a.severity] = by_sev.get(a.severity, 0) + 1
     fired = sum(1 for a in alerts if a.fired_at is not None)
+    # rows fall due at --rate from the moment the simulator started: keeping up means reading them all
+    began = d.source.started_at
+    span = reading.get("to", 0.0) - began if began is not None else 0.0
+    rate = reading.get("n", 0.0) / span if span > 0 else 0.0
     console.print(f"[bold]summary[/] after {elapsed:.1f}s: {result.records_in:,} readings "
-                  f"({result.records_in / max(reading_s, 1e-9):,.0f}/s over {reading_s:.1f}s of reading), "
+                  f"({rate:,.0f}/s over {span:.1f}s of reading), "
                   f"{result.records_out.get('windows_1m', 0):,} 1-minute windows, "
                   f"{result.records_out.get('windows_5m', 0):,} 5-minute windows, "
                   f"{sum(result.dead_letters.values()):,} dead letters", highlight=False)

@@ -79,15 +79,21 @@ class Demo:
     live: LiveState
     server: ServerConfig
     run_dir: Path
+    source: Any
+    """the simulator source (its ``started_at`` is when rows started to fall due)"""
 
 
 class _FleetNowSource(SimulatorSource):
     """The simulator with its first event time set when the flow starts reading (not when it was wired),
     so event time equals wall-clock time and ``latency_ms`` measures the pipeline, not the start-up."""
 
+    started_at: float | None = None
+    """``time.monotonic()`` when the flow started reading: rows are due at ``rate`` from then on."""
+
     def build(self, resume_state: FleetSnapshot | None) -> SimulatorSourceLogic:
         if resume_state is None:
             self.config = msgspec.structs.replace(self.config, start=datetime.now(UTC))
+        self.started_at = time.monotonic()
         return super().build(resume_state)
 
 
@@ -200,7 +206,8 @@ def build_demo(cfg: DemoConfig, *, now: datetime | None = None, warm_up: bool = 
     alerts = demo_alert_manager(run_dir)
 
     flow = Flow("demo", watermark=WatermarkConfig.of(max_delay="2s", idle_timeout="5s"))
-    scored = (flow.source(_FleetNowSource(fleet, paced=True))
+    source = _FleetNowSource(fleet, paced=True)
+    scored = (flow.source(source)
               .detect(default_detector(fields=DEMO_FIELDS), name="detect")
               .then(LatencyStep(), name="latency"))
     scored.sink(FileSink(run_dir / "readings.parquet"), name="readings")
@@ -229,4 +236,4 @@ def build_demo(cfg: DemoConfig, *, now: datetime | None = None, warm_up: bool = 
                               anomalies=readings),
         intake_dir=str(run_dir / "intake"),
     )
-    return Demo(runner=runner, alerts=alerts, live=live, server=server, run_dir=run_dir)
+    return Demo(runner=runner, alerts=alerts, live=live, server=server, run_dir=run_dir, source=source)
