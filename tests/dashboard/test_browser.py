@@ -170,5 +170,23 @@ def test_pipeline_and_edge_pages(browser: Any, demo: RunningDemo) -> None:
     page.goto(demo.url + "#edge")
     page.wait_for_selector("#edge-empty")  # this demo has no edge agents (the endpoint 404s)
     assert page.text_content("#edge-empty") == "no edge agents"
+    page.close()
+
+
+def test_edge_page_renders_the_agents_list(browser: Any, demo: RunningDemo) -> None:
+    # the edge endpoint belongs to the edge coordinator; here the browser answers it with its documented shape
+    agents = [{"node_id": f"gw-{i}", "status": "online" if i else "offline", "last_seen": "2026-01-01T00:00:00Z",
+               "availability": 0.97 - i / 10, "location": "dock 4", "capacity": 500, "labels": {"site": "a"},
+               "load": 0.4, "cpu_pct": 23.0, "memory_pct": 41.5, "disk_pct": 12.0, "battery_pct": 88.0,
+               "outbox_depth": 120 * i, "outbox_age_s": 3.5, "link": "lte", "version": "0.1.0",
+               "sensors": ["S1", "S2"], "generation": 2} for i in range(3)]
+    page = _logged_in(browser, demo)
+    page.route("**/api/v1/edge/agents", lambda route: route.fulfill(json=agents))
+    page.goto(demo.url + "#edge")
+    page.wait_for_selector("#edge table")
+    rows = page.locator("#edge table tr")
+    assert rows.count() == 1 + len(agents)
+    text = page.text_content("#edge") or ""
+    assert "gw-0" in text and "offline" in text and "online" in text and "240" in text
     _shot(page, "edge")
     page.close()

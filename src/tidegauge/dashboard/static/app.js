@@ -142,7 +142,7 @@ function renderOverview(o) {
   Plotly.react("c-latency", [
     { x: t, y: o.series.p50_ms, name: "p50", type: "scatter", mode: "lines", line: { color: "#2e9d5b" } },
     { x: t, y: o.series.p99_ms, name: "p99", type: "scatter", mode: "lines", line: { color: "#d64545" } },
-  ], layout({ showlegend: true, legend: { orientation: "h", x: 0, y: 1.12 }, yaxis: { type: "log", gridcolor: "#eef1f5" } }), LIVE_CFG);
+  ], layout({ showlegend: true, legend: { orientation: "h", x: 0, y: 1.12 }, yaxis: { type: "log", dtick: 1, gridcolor: "#eef1f5" } }), LIVE_CFG);
   Plotly.react("c-anom", [{ x: t, y: o.series.anomaly_rate.map((v) => 100 * v), type: "scatter", mode: "lines",
     line: { color: "#d64545" } }], layout({ yaxis: { ticksuffix: " %", rangemode: "tozero", gridcolor: "#eef1f5" } }), LIVE_CFG);
   const sev = Object.keys(o.alerts.firing_by_severity || {});
