@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from tidegauge.alerting.manager import AlertManager
     from tidegauge.edge.coordinator import Coordinator
     from tidegauge.edge.receiver import EdgeReceiver
+    from tidegauge.server.live import LiveState
 
 __all__ = ["ServerState", "build_app", "serve"]
 
@@ -85,7 +86,7 @@ class ServerState:
 
 def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
               alerts: AlertManager | None = None, edge_receiver: EdgeReceiver | None = None,
-              coordinator: Coordinator | None = None) -> Starlette:
+              coordinator: Coordinator | None = None, live: LiveState | None = None) -> Starlette:
     """The ASGI app serving ``runner``'s flow (a :class:`~tidegauge.dataflow.Runner`, built or running).
 
     ``environ`` gives the clear tokens of tokens configured by ``env`` (the server config layer passes
@@ -94,6 +95,8 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
     ``edge_receiver`` adds ``POST /api/v1/edge/batches`` (:mod:`tidegauge.edge.receiver`) and its metrics.
     ``coordinator`` adds the edge endpoints and metrics (:mod:`tidegauge.server.edge`); by default the one
     behind the flow's :class:`~tidegauge.edge.flow.EdgeHeartbeatSource`, if it has one.
+    ``live`` (fed by the flow's live steps) adds the dashboard, its login sessions and the live endpoints
+    (:mod:`tidegauge.server.live_api`, :mod:`tidegauge.server.session`, :mod:`tidegauge.dashboard`).
     """
     sources = {nid: n.definition for nid, n in runner.flow.nodes.items()
                if n.kind == "source" and isinstance(n.definition, HttpIngestSource)}
@@ -146,9 +149,21 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
 
         registry.register(EdgeCollector(coordinator))
         routes += edge_routes(coordinator)
+    if live is not None:
+        from tidegauge.dashboard import dashboard_routes
+        from tidegauge.server.live_api import live_routes
+        from tidegauge.server.session import SessionAuthenticator, SessionStore, session_routes
+
+        sessions = SessionStore()
+        state.auth = SessionAuthenticator(state.auth, sessions)
+        routes += [*session_routes(sessions), *live_routes(live, runner, alerts), *dashboard_routes()]
     app = Starlette(routes=routes)
     app.state.tg = state
     app.state.alerts = alerts
+    if live is not None:
+        from tidegauge.server.session import SessionMiddleware
+
+        app.add_middleware(SessionMiddleware)
     app.add_middleware(_ObserveMiddleware, state=state)
     return app
 
@@ -204,7 +219,8 @@ async def openapi(request: Request) -> Response:
 
 _ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/edge/heartbeat", "/api/v1/edge/agents",
            "/api/v1/edge/assignments", "/api/v1/edge/batches", "/api/v1/sensors", "/api/v1/windows",
-           "/api/v1/anomalies", "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json")
+           "/api/v1/anomalies", "/api/v1/dead-letters", "/metrics", "/healthz", "/readyz", "/openapi.json",
+           "/api/v1/live", "/api/v1/session", "/static", "/vendor")
 
 
 class _ObserveMiddleware:
@@ -245,14 +261,14 @@ class _ObserveMiddleware:
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
                 alerts: AlertManager | None = None, started: asyncio.Event | None = None,
                 handle_signals: bool = True, edge_receiver: EdgeReceiver | None = None,
-                coordinator: Coordinator | None = None) -> Any:
+                coordinator: Coordinator | None = None, live: LiveState | None = None) -> Any:
     """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
     when ``handle_signals``, and only from the main thread) the server stops accepting requests, then the
     runner finishes its batch, checkpoints and stops, and :func:`serve` returns normally; records
     acknowledged but not yet processed stay in the intake log and are replayed on the next start.
-    ``alerts`` is passed to :func:`build_app` (the alert and silence endpoints).
+    ``alerts`` and ``live`` are passed to :func:`build_app` (alert endpoints; dashboard and live endpoints).
     """
     try:
         import uvicorn
@@ -261,7 +277,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
 
         raise MissingDependencyError("uvicorn", "server") from exc
     app = build_app(runner, config, environ=environ, alerts=alerts, edge_receiver=edge_receiver,
-                    coordinator=coordinator)
+                    coordinator=coordinator, live=live)
     state: ServerState = app.state.tg
     tls: dict[str, Any] = {}
     if config.tls is not None:
