@@ -29,17 +29,8 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # Each command lives in its own module; importing it registers it on `app`.
-    from tidegauge.cli import (  # noqa: F401
-        agent,
-        alerts,
-        bench,
-        checkpoint,
-        demo,
-        eval,
-        run,
-        serve,
-        simulate,
-    )
+    from tidegauge.cli import agent as _agent  # noqa: F401
+    from tidegauge.cli import alerts, bench, checkpoint, demo, eval, run, serve, simulate  # noqa: F401
 
 
 def main() -> None:
