@@ -287,14 +287,19 @@ async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | Non
                     clock=clock)
     agent = EdgeAgent(config, outbox, uplink, runner, view)
     stop = stop or asyncio.Event()
-    tasks = [asyncio.create_task(uplink.run(), name="uplink"),
-             asyncio.create_task(agent.heartbeats(stop), name="heartbeats"),
-             asyncio.create_task(agent.housekeeping(stop), name="housekeeping")]
     server = None
     if config.listen:
         from tidegauge.edge.agent_server import start_server
 
-        server = await start_server(agent, config.listen)
+        try:
+            server = await start_server(agent, config.listen)
+        except OSError:
+            await uplink.close()
+            outbox.close()
+            raise
+    tasks = [asyncio.create_task(uplink.run(), name="uplink"),
+             asyncio.create_task(agent.heartbeats(stop), name="heartbeats"),
+             asyncio.create_task(agent.housekeeping(stop), name="housekeeping")]
     flow_task = asyncio.create_task(runner.run_async(), name="flow")
     stopper = asyncio.create_task(stop.wait())
     if started is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -123,5 +124,13 @@ async def start_server(agent: EdgeAgent, listen: str) -> _Handle:
 
     server = _Server(uvicorn.Config(agent_app(agent), host=host, port=int(port), log_level="warning",
                                     access_log=False, lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    # bind here: a taken port is a clear error instead of uvicorn exiting the process from inside a task
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"--listen {listen}: cannot serve /metrics there: {exc.strerror}") from None
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     return _Handle(server, task)

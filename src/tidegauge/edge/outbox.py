@@ -332,8 +332,8 @@ class Outbox:
         """Visible records ``(seq, at_us, payload)`` of ``stream`` after ``after``, oldest first.
 
         ``sending``: the caller is about to send them, so ``drop_oldest`` spares them (a record that may have
-        reached the upstream is never counted as dropped); the stream may exceed ``max_bytes`` by that one
-        batch.
+        reached the upstream is never counted as dropped); the stream may exceed ``max_bytes`` by the batches
+        in flight.
         """
         s = self._get(stream)
         with self._lock:
@@ -351,7 +351,8 @@ class Outbox:
             expect += 1
         rows = rows[:n]
         if sending and rows:
-            s.inflight = rows[-1][0]
+            # never lowered: a batch whose answer was lost may have arrived even if it is sent again
+            s.inflight = max(s.inflight, rows[-1][0])
         return rows
 
     def has_visible(self, stream: str, after: int) -> bool:
