@@ -142,7 +142,10 @@ def _summary(console: Console, d: Any, result: Any, elapsed: float, reading: dic
     began = d.source.started_at
     span = reading.get("to", 0.0) - began if began is not None else 0.0
     rate = reading.get("n", 0.0) / span if span > 0 else 0.0
-    console.print(f"[bold]summary[/] after {elapsed:.1f}s: {result.records_in:,} readings "
+    # the simulator's readings (the flow also reads its own health records, one a second)
+    sim = next(nid for nid, n in d.runner.flow.nodes.items() if n.definition is d.source)
+    readings = result.metrics.records_in.get(sim, 0)
+    console.print(f"[bold]summary[/] after {elapsed:.1f}s: {readings:,} readings "
                   f"({rate:,.0f}/s over {span:.1f}s of reading), "
                   f"{result.records_out.get('windows_1m', 0):,} 1-minute windows, "
                   f"{result.records_out.get('windows_5m', 0):,} 5-minute windows, "

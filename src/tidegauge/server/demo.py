@@ -190,7 +190,7 @@ def build_demo(cfg: DemoConfig, *, now: datetime | None = None, warm_up: bool = 
     """
     if warm_up:
         _warm_up(DEMO_FIELDS)
-    from tidegauge.alerting import AlertStep
+    from tidegauge.alerting import AlertStep, watch_health
     from tidegauge.connectors.files import FileSink
     from tidegauge.dataflow import CheckpointConfig, Flow, Runner, WatermarkConfig
     from tidegauge.detectors import default_detector
@@ -221,12 +221,15 @@ def build_demo(cfg: DemoConfig, *, now: datetime | None = None, warm_up: bool = 
     w1.then(LiveWindowsStep(live), name="live_windows")
     scored.window(Tumbling("5m"), aggs, name="window_5m").sink(FileSink(run_dir / "windows_5m.parquet"),
                                                                name="windows_5m")
+    # the flow's own health (processing latency, rates) once a second, for the ProcessingLatencyHigh rule
+    health = watch_health(alerts, flow, interval="1s")
     dead = flow.dead_letters()
     dead.sink(FileSink(run_dir / "dead_letters.jsonl"), name="dead_letter_file")
     dead.then(LiveDeadLettersStep(live), name="live_dead_letters")
     # checkpoints also commit the sinks, so the history files fill up while it runs
     runner = Runner(flow, max_delay=cfg.max_delay,
                     checkpoint=CheckpointConfig(run_dir / "state", interval=cfg.checkpoint_interval))
+    health.attach(runner)
 
     readings = str(run_dir / "readings.parquet")
     server = ServerConfig(
