@@ -9,6 +9,7 @@ from typing import Any
 
 from tidegauge.detectors.base import Detector
 from tidegauge.detectors.calibrated import Calibrated
+from tidegauge.detectors.cusum import Cusum
 from tidegauge.detectors.ensemble import Ensemble
 from tidegauge.detectors.flatline import Flatline
 from tidegauge.detectors.hst import HalfSpaceTrees
@@ -29,6 +30,7 @@ DETECTORS: dict[str, type[Detector]] = {
     cls.kind: cls
     for cls in (
         Calibrated,
+        Cusum,
         Ensemble,
         Flatline,
         HalfSpaceTrees,
@@ -52,6 +54,8 @@ _ALIASES = {
     "nodata": "no_data",
     "deadman": "no_data",
     "rateofchange": "rate_of_change",
+    "changepoint": "cusum",
+    "page_hinkley": "cusum",
 }
 
 
