@@ -15,6 +15,7 @@ from tidegauge._time import ManualClock
 from tidegauge.detectors import (
     DETECTORS,
     Calibrated,
+    Cusum,
     Detector,
     DetectorLogic,
     Ensemble,
@@ -45,6 +46,7 @@ FACTORIES: dict[str, Callable[[], Detector]] = {
     "flatline": lambda: Flatline(FIELDS, n=5),
     "no_data": lambda: NoData(timeout="10s", time_source=ManualClock(0)),
     "ensemble": lambda: Ensemble([ZScore(FIELDS, warmup=10), Flatline(FIELDS, n=5)], combine="mean"),
+    "cusum": lambda: Cusum(FIELDS, warmup=10, h=4.0, reference=5),
     "calibrated": lambda: Calibrated(HalfSpaceTrees(FIELDS, limits=LIMITS, window_size=40), eta=0.05),
 }
 FACTORIES["default"] = lambda: default_detector(FIELDS)
