@@ -129,7 +129,7 @@ def default_detector(
     'default'
     """
     del seed
-    z = ZScore(list(fields), alpha=0.001, clip=4.0, warmup=100, restart=(10, 1000), name="zscore")
+    z = ZScore(list(fields), alpha=0.001, clip=4.0, warmup=100, restart=(10, 1000), fleet=True, name="zscore")
     return Ensemble(
         [Calibrated(z, threshold=0.99999, name="zscore"), Flatline(list(fields), n=20)],
         combine="max",
