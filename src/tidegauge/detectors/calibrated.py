@@ -36,10 +36,12 @@ class Calibrated(Detector):
     so calibration is close to the identity until a key's data say otherwise.
 
     Records the inner detector scores 0 (warm-up, bad values) score 0 and do not move the quantiles.
-    A record the calibration flags moves them with ``flagged_weight`` times the step: otherwise every
-    reading of a long anomaly would push the key's 99% quantile up by ``0.99 * eta`` (a 300-reading
-    episode by about 6 nats), making the key blind to the next anomaly for tens of thousands of
-    readings; a key whose normal scores really are higher still adapts, just more slowly.
+    A record the calibration flags moves them with ``flagged_weight`` times the step. With 1 (the
+    default) every reading of a long anomaly pushes the key's 99% quantile up by ``0.99 * eta`` (a
+    300-reading episode by about 6 nats), which can make the key blind to the next anomaly for tens
+    of thousands of readings; a small weight (e.g. 0.01) avoids that, at the price of adapting slowly
+    where a key's normal raw scores are far above the initial quantiles, so use it over a detector
+    whose raw scores are already roughly calibrated (``ZScore``), as :func:`~tidegauge.detectors.default_detector` does.
 
     Examples
     --------
@@ -61,7 +63,7 @@ class Calibrated(Detector):
         *,
         threshold: float = 0.9999,
         eta: float = 0.02,
-        flagged_weight: float = 0.01,
+        flagged_weight: float = 1.0,
         name: str | None = None,
         key: str | None = None,
         time: str | None = None,

@@ -131,7 +131,7 @@ def default_detector(
     del seed
     z = ZScore(list(fields), alpha=0.001, clip=4.0, warmup=100, restart=(10, 1000), fleet=True, name="zscore")
     return Ensemble(
-        [Calibrated(z, threshold=0.99999, name="zscore"), Flatline(list(fields), n=20)],
+        [Calibrated(z, threshold=0.99999, flagged_weight=0.01, name="zscore"), Flatline(list(fields), n=20)],
         combine="max",
         name="default",
     )

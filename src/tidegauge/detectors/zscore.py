@@ -105,7 +105,7 @@ class ZScore(Detector):
         restart: tuple[int, int] | None = (20, 1000),
         fleet: bool = False,
         fleet_alpha: float = 1e-4,
-        fleet_margin: float = 1.0,
+        fleet_margin: float = 0.0,
         name: str | None = None,
         key: str | None = None,
         time: str | None = None,
@@ -152,6 +152,7 @@ class _ZScoreLogic(DetectorLogic):
         self._declare("run", (f,), np.int64, 0)
         self._declare("anchor", (f,), np.float64, np.nan)
         self._declare("anchor_var", (f,), np.float64, 0.0)
+        self._declare("dropped", (f,), np.int8, 0)  # 1: the anchor is a level a fleet restart dropped
         if definition.fleet:
             self._declare("run_mean", (f,), np.float64, 0.0)  # mean of the values of the current run
         # fleet prior (one row per field, shared by every key): mean, variance, values seen
@@ -181,6 +182,7 @@ class _ZScoreLogic(DetectorLogic):
             a["run"],
             a["anchor"],
             a["anchor_var"],
+            a["dropped"],
             a["run_mean"] if d.fleet else a["anchor"],
             d.alpha,
             -1.0 if d.clip is None else d.clip,
@@ -209,6 +211,7 @@ def _zscore_kernel(
     run: np.ndarray,
     anchor: np.ndarray,
     anchor_var: np.ndarray,
+    dropped: np.ndarray,
     run_mean: np.ndarray,
     alpha: float,
     clip: float,
@@ -264,6 +267,10 @@ def _zscore_kernel(
                 a = 1.0 / c
                 if a < alpha:
                     a = alpha
+                if dropped[k, j] == 1 and c >= maturity:
+                    # the level a restart adopted has held for a maturity: the dropped one is history
+                    dropped[k, j] = 0
+                    anchor[k, j] = math.nan
                 prev = run[k, j]  # > 0: winsorised values in a row; <= 0: minus the settled ones
                 if clip > 0.0 and c > warmup and c > 1 and abs(dev) > clip * sd:
                     if back and abs(v - anc) < abs(dev):
@@ -272,6 +279,12 @@ def _zscore_kernel(
                         mean[k, j] = anc
                         var[k, j] = anchor_var[k, j]
                         run[k, j] = 0
+                        if dropped[k, j] == 1:
+                            # back at the level a restart dropped: the restart adopted an anomaly;
+                            # undo it (the old baseline was trusted, so it is mature again)
+                            dropped[k, j] = 0
+                            anchor[k, j] = math.nan
+                            count[k, j] = max(c, maturity)
                         continue
                     r = (prev if prev > 0 else 0) + 1
                     if r == 1 and prev <= -settle:
@@ -280,6 +293,7 @@ def _zscore_kernel(
                         # a half-absorbed shift never becomes the reference)
                         anchor[k, j] = m
                         anchor_var[k, j] = var[k, j]
+                        dropped[k, j] = 0
                     if use_fleet:
                         run_mean[k, j] = v if r == 1 else run_mean[k, j] + (v - run_mean[k, j]) / r
                     if ready:
@@ -301,18 +315,32 @@ def _zscore_kernel(
                         # outliers never move it; the mean has moved only sustain bounded steps since)
                         anchor[k, j] = m
                         anchor_var[k, j] = var[k, j]
+                        dropped[k, j] = 0
                     if restart:
                         # a baseline contradicted for long by a level that is more likely normal: start
-                        # over at the new level, and forget the old one (it was learned during an anomaly)
-                        anchor[k, j] = math.nan
+                        # over at the new level. Without the fleet, forget the old one (it was learned
+                        # during an anomaly); with it, keep the old level as a dropped anchor for a
+                        # maturity, so that if the sensor goes back to it (the restart adopted an
+                        # anomaly after all) the old baseline is restored at once
+                        if ready:
+                            anchor[k, j] = m
+                            anchor_var[k, j] = var[k, j]
+                            dropped[k, j] = 1
+                        else:
+                            anchor[k, j] = math.nan
+                            dropped[k, j] = 0
                         mean[k, j] = v
                         var[k, j] = 0.0
                         count[k, j] = 1
                         run[k, j] = 0
                         continue
                     run[k, j] = r
-                    # winsorised: bounded step for the mean, variance untouched
-                    mean[k, j] = m + a * math.copysign(clip * sd, dev)
+                    # winsorised: bounded step for the mean, variance untouched; with the fleet judging
+                    # restarts, a young baseline need not give in fast either (at 1/count a shift early
+                    # in a sensor's life would be absorbed in a few dozen readings and inflate the
+                    # variance), so the step is the slow rate alpha
+                    step = alpha if use_fleet else a
+                    mean[k, j] = m + step * math.copysign(clip * sd, dev)
                 else:
                     run[k, j] = (prev if prev < 0 else 0) - 1 if prev > -settle else -settle
                     mean[k, j] = m + a * dev
@@ -323,7 +351,9 @@ def _zscore_kernel(
             # is not conclusive
             for j in range(f):
                 if run[k, j] >= restart_after and not math.isnan(x[i, j]):
-                    anchor[k, j] = math.nan
+                    anchor[k, j] = mean[k, j]
+                    anchor_var[k, j] = var[k, j]
+                    dropped[k, j] = 1
                     mean[k, j] = x[i, j]
                     var[k, j] = 0.0
                     count[k, j] = 1
