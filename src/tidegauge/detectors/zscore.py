@@ -249,7 +249,7 @@ def _zscore_kernel(
             anc = anchor[k, j]
             # back at the level held before the last sustained shift: the shift is over (or, if the
             # mean still sits there, nothing changes): judge the value against that level
-            back = clip > 0.0 and not math.isnan(anc) and abs(v - anc) <= clip * sd
+            back = clip > 0.0 and not math.isnan(anc) and dropped[k, j] == 0 and abs(v - anc) <= clip * sd
             if do_score and c >= warmup and c > 0:
                 z = abs(v - anc) if back and abs(v - anc) < abs(dev) else abs(dev)
                 s = math.erf(z / sd / _SQRT2)
@@ -279,12 +279,6 @@ def _zscore_kernel(
                         mean[k, j] = anc
                         var[k, j] = anchor_var[k, j]
                         run[k, j] = 0
-                        if dropped[k, j] == 1:
-                            # back at the level a restart dropped: the restart adopted an anomaly;
-                            # undo it (the old baseline was trusted, so it is mature again)
-                            dropped[k, j] = 0
-                            anchor[k, j] = math.nan
-                            count[k, j] = max(c, maturity)
                         continue
                     r = (prev if prev > 0 else 0) + 1
                     if r == 1 and prev <= -settle:
@@ -296,6 +290,22 @@ def _zscore_kernel(
                         dropped[k, j] = 0
                     if use_fleet:
                         run_mean[k, j] = v if r == 1 else run_mean[k, j] + (v - run_mean[k, j]) / r
+                        if (
+                            dropped[k, j] == 1
+                            and r >= restart_after
+                            and abs(run_mean[k, j] - anc) <= clip * math.sqrt(max(anchor_var[k, j], min_var))
+                        ):
+                            # back for long at the level a restart dropped: the restart adopted an
+                            # anomaly after all; undo it (that baseline was trusted: mature again).
+                            # Until then the dropped level is not used to score: a new anomaly may
+                            # sit near an old one.
+                            mean[k, j] = anc
+                            var[k, j] = anchor_var[k, j]
+                            count[k, j] = max(c, maturity)
+                            anchor[k, j] = math.nan
+                            dropped[k, j] = 0
+                            run[k, j] = 0
+                            continue
                     if ready:
                         # the fleet decides which level is normal, judging the run's mean level (not
                         # one noisy value): the log-likelihood ratio of the two levels under a normal
