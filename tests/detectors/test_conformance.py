@@ -35,6 +35,7 @@ LIMITS = {"temperature": (0.0, 50.0), "vibration": (0.0, 5.0), "power_consumptio
 
 FACTORIES: dict[str, Callable[[], Detector]] = {
     "zscore": lambda: ZScore(FIELDS, warmup=10),
+    "zscore_fleet": lambda: ZScore(FIELDS, warmup=10, alpha=0.05, restart=(3, 50), fleet=True, fleet_alpha=0.01),
     "robust_z": lambda: RobustZ(FIELDS, window=20, warmup=5),
     "hst": lambda: HalfSpaceTrees(FIELDS, limits=LIMITS, window_size=40, seed=3),
     "isolation_forest": lambda: IsolationForest(
