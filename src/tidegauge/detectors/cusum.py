@@ -66,7 +66,7 @@ class Cusum(Detector):
     >>> x = np.r_[rng.normal(0, 1, 100), rng.normal(4, 1, 100), rng.normal(0, 1, 100)]
     >>> out = Cusum(["v"], warmup=50, h=8.0).build().score_learn(pl.DataFrame({"v": x}))
     >>> np.flatnonzero(out["is_anomaly"].to_numpy()).tolist()
-    [102, 201]
+    [101, 202]
     """
 
     kind = "cusum"
