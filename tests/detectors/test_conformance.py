@@ -15,6 +15,7 @@ from tidegauge._time import ManualClock
 from tidegauge.detectors import (
     DETECTORS,
     Calibrated,
+    Cusum,
     Detector,
     DetectorLogic,
     Ensemble,
@@ -34,6 +35,7 @@ LIMITS = {"temperature": (0.0, 50.0), "vibration": (0.0, 5.0), "power_consumptio
 
 FACTORIES: dict[str, Callable[[], Detector]] = {
     "zscore": lambda: ZScore(FIELDS, warmup=10),
+    "zscore_fleet": lambda: ZScore(FIELDS, warmup=10, alpha=0.05, restart=(3, 50), fleet=True, fleet_alpha=0.01),
     "robust_z": lambda: RobustZ(FIELDS, window=20, warmup=5),
     "hst": lambda: HalfSpaceTrees(FIELDS, limits=LIMITS, window_size=40, seed=3),
     "isolation_forest": lambda: IsolationForest(
@@ -45,6 +47,7 @@ FACTORIES: dict[str, Callable[[], Detector]] = {
     "flatline": lambda: Flatline(FIELDS, n=5),
     "no_data": lambda: NoData(timeout="10s", time_source=ManualClock(0)),
     "ensemble": lambda: Ensemble([ZScore(FIELDS, warmup=10), Flatline(FIELDS, n=5)], combine="mean"),
+    "cusum": lambda: Cusum(FIELDS, warmup=10, h=4.0, reference=5),
     "calibrated": lambda: Calibrated(HalfSpaceTrees(FIELDS, limits=LIMITS, window_size=40), eta=0.05),
 }
 FACTORIES["default"] = lambda: default_detector(FIELDS)

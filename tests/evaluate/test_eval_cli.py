@@ -94,3 +94,20 @@ def test_eval_skab_unknown_detector_lists_the_valid_ones(tmp_path: Path) -> None
     res = CliRunner().invoke(app, ["eval", "skab", "--data", str(tmp_path), "--detector", "nope"])
     assert res.exit_code != 0
     assert "zscore" in str(res.exception)  # the message lists the registry's names
+
+
+def test_eval_skab_changepoint_detector_option(tmp_path: Path) -> None:
+    _write_skab(tmp_path / "valve1" / "0.csv")
+    cusum = json.loads(
+        _invoke(["eval", "skab", "--data", str(tmp_path), "--changepoint-detector", "cusum", "--json"])
+    )["changepoint"]
+    assert cusum["detector"] == "cusum" and set(cusum["nab_chance"]) == {"standard", "low_fp", "low_fn"}
+    # the default is the SKAB-tuned CUSUM; 'same' derives changepoints from the outlier prediction
+    assert json.loads(_invoke(["eval", "skab", "--data", str(tmp_path), "--json"]))["changepoint"]["detector"] == (
+        "skab_cusum"
+    )
+    same = json.loads(
+        _invoke(["eval", "skab", "--data", str(tmp_path), "--changepoint-detector", "same", "--json"])
+    )["changepoint"]
+    assert same["detector"] == "mahalanobis_baseline"
+    assert same["nab"] != cusum["nab"] or same["false_positives"] != cusum["false_positives"]

@@ -71,10 +71,31 @@ def test_run_skab_scores_test_part_and_writes_scores(tmp_path: Path) -> None:
     assert r.changepoint.false_positives == 1
     assert r.changepoint.scores["standard"] == pytest.approx(100 * (3 - 0.11 + 3) / 6)
     written = pl.read_csv(out / "valve1" / "0.csv")
-    assert written.columns == ["timestamp", "Pressure", *OTHER_SENSORS, "anomaly_score", "prediction"]
+    assert written.columns == ["timestamp", "Pressure", *OTHER_SENSORS, "anomaly_score", "prediction", "changepoint"]
     assert written.height == 600 and written["prediction"].sum() == 70
+    assert np.flatnonzero(written["changepoint"].to_numpy()).tolist() == [450, 520]
     whole = run_skab(data, ThresholdDetector("Pressure", 2.0), score_from=0)
     assert whole.rows_scored == 1200 and whole.outlier.f1 == 1.0
+
+
+def test_run_skab_with_a_changepoint_detector(tmp_path: Path) -> None:
+    from tidegauge.detectors import Cusum
+
+    data = tmp_path / "skab"
+    write_skab(data / "valve1" / "0.csv", 700, (450, 600))
+    out = tmp_path / "scores"
+    cusum = Cusum(["Pressure"], h=4.0, warmup=400, min_std=0.1)
+    r = run_skab(data, ThresholdDetector("Pressure", 2.0), changepoint_detector=cusum, scores_out=out)
+    # the outlier metrics still come from the outlier detector
+    assert (r.outlier.f1, r.outlier.far) == (1.0, 0.0)
+    # Pressure is constant (sd floored at 0.1): the CUSUM alarms on the first row of each step, once,
+    # and each alarm is the predicted changepoint itself (not two changes of an impulse)
+    written = pl.read_csv(out / "valve1" / "0.csv")
+    assert np.flatnonzero(written["changepoint"].to_numpy()).tolist() == [450, 600]
+    assert (r.changepoint.missed, r.changepoint.false_positives) == (0, 0)
+    assert r.changepoint.scores["standard"] == pytest.approx(100.0)
+    # two alarms per 300 scored rows, evenly spaced at a random phase, rarely land on a window's start
+    assert r.changepoint_chance["standard"] < 90.0
 
 
 def write_nab(root: Path) -> Path:

@@ -89,3 +89,23 @@ def test_late_detection_and_pooling() -> None:
     assert r.scores["standard"] == pytest.approx(100 * (late - 1 + 2) / 4)
     with pytest.raises(ValueError, match="window_us"):
         skab_nab([cp_file([])], window_us=0)
+
+
+def test_chance_scores_place_as_many_alarms_blind_to_the_data() -> None:
+    from tidegauge.evaluate.skab import ChangepointFile, chance_scores, skab_nab
+
+    ts = np.arange(1000, dtype=np.int64) * SEC
+    cp = np.zeros(1000, dtype=np.int8)
+    cp[[200, 600]] = 1
+    pred = np.zeros(1000, dtype=np.int8)
+    pred[[200, 600]] = 1
+    files = [ChangepointFile(ts, cp, pred)]
+    assert skab_nab(files).scores["standard"] == pytest.approx(100.0)
+    # 2 alarms 500 rows apart at a random phase: each window of 61 rows is hit with probability ~61/500
+    chance = chance_scores(files, reps=200)
+    assert 0.0 < chance["standard"] < 30.0
+    # one alarm every row: every window is hit at its start, and every other row is a false positive
+    dense = [ChangepointFile(ts, cp, np.ones(1000, dtype=np.int8))]
+    n_fp = 1000 - 2 * 61  # two windows [t, t + 60 s] of 61 rows each at 1 row/s
+    want = 100 * ((2 - 0.11 * n_fp) + 2) / 4
+    assert chance_scores(dense, reps=3)["standard"] == pytest.approx(want)

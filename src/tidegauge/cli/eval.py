@@ -22,7 +22,7 @@ from tidegauge.evaluate import (
     run_nab,
     run_skab,
 )
-from tidegauge.evaluate.baseline import SKAB_BASELINE
+from tidegauge.evaluate.baseline import SKAB_BASELINE, skab_changepoint_detector
 from tidegauge.evaluate.runner import DetectorFactory, DetectorSpec
 from tidegauge.evaluate.sim_runner import generate_simulation, run_simulation
 from tidegauge.simulate import FleetConfig
@@ -34,6 +34,7 @@ app.add_typer(eval_app, name="eval")
 console = Console()
 
 _BASELINE = "mahalanobis_baseline"
+_SKAB_CP = "skab_cusum"
 
 DetectorOpt = Annotated[
     str | None,
@@ -87,6 +88,18 @@ def _factory(
     return "default", lambda fields: default_detector(fields=fields)
 
 
+def _changepoint_factory(name: str, outlier_label: str) -> tuple[str, DetectorFactory | None]:
+    """``--changepoint-detector``: ``same`` (None: the outlier prediction's changes), the SKAB CUSUM, a name."""
+    if name == "same":
+        return outlier_label, None
+    if name == _SKAB_CP:
+        return _SKAB_CP, lambda fields: skab_changepoint_detector(fields)
+    from tidegauge.detectors import build_detector
+
+    build_detector(name, fields=["value"])  # unknown names fail here, listing the valid ones
+    return name, lambda fields: build_detector(name, fields=fields)
+
+
 def _emit(payload: dict[str, Any], table: Table, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
@@ -129,12 +142,30 @@ def skab_cmd(
     ] = "60s",
     detector: DetectorOpt = None,
     config: ConfigOpt = None,
+    changepoint_detector: Annotated[
+        str,
+        typer.Option(
+            "--changepoint-detector",
+            envvar="TIDEGAUGE_EVAL_CP_DETECTOR",
+            show_envvar=True,
+            help="Detector whose alarms are the predicted changepoints: a registry name (e.g. cusum), "
+            "'skab_cusum' (tuned for SKAB), or 'same' (where the outlier prediction changes, SKAB's rule).",
+        ),
+    ] = _SKAB_CP,
     scores_out: ScoresOutOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """SKAB: outlier F1/FAR/MAR pooled over the labelled files and changepoint NAB scores."""
     label, factory = _factory(detector, config, baseline=SKAB_BASELINE, default="baseline")
-    r = run_skab(data or _default_skab_dir(), factory, score_from=score_from, window=window, scores_out=scores_out)
+    cp_label, cp_factory = _changepoint_factory(changepoint_detector, label)
+    r = run_skab(
+        data or _default_skab_dir(),
+        factory,
+        score_from=score_from,
+        window=window,
+        scores_out=scores_out,
+        changepoint_detector=cp_factory,
+    )
     o, c = r.outlier, r.changepoint
     payload = {
         "benchmark": "skab",
@@ -152,19 +183,23 @@ def skab_cmd(
             "fn": o.fn,
         },
         "changepoint": {
+            "detector": cp_label,
             "nab": c.scores,
+            "nab_chance": r.changepoint_chance,
             "missed": c.missed,
             "false_positives": c.false_positives,
             "changepoints": c.n_changepoints,
         },
     }
-    t = Table(title=f"SKAB ({r.files} files, rows {score_from}: scored, {payload['detector']})")
+    t = Table(title=f"SKAB ({r.files} files, rows {score_from}: scored, {label}; changepoints: {cp_label})")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for label, text in (("F1", f"{o.f1:.3f}"), ("FAR %", f"{o.far:.2f}"), ("MAR %", f"{o.mar:.2f}")):
         t.add_row(label, text)
     for name, value in c.scores.items():
         t.add_row(f"NAB ({name})", f"{value:.2f}")
+    for name, value in r.changepoint_chance.items():
+        t.add_row(f"NAB ({name}), as many blind alarms", f"{value:.2f}")
     t.add_row("missed CPs", str(c.missed))
     t.add_row("FP CPs", str(c.false_positives))
     _emit(payload, t, as_json)

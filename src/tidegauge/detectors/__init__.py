@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from tidegauge.detectors.base import Detector, DetectorLogic, DetectorSnapshot
 from tidegauge.detectors.calibrated import Calibrated
+from tidegauge.detectors.cusum import Cusum
 from tidegauge.detectors.ensemble import Ensemble
 from tidegauge.detectors.flatline import Flatline
 from tidegauge.detectors.hst import HalfSpaceTrees
@@ -33,6 +34,7 @@ from tidegauge.detectors.zscore import ZScore
 __all__ = [
     "DETECTORS",
     "Calibrated",
+    "Cusum",
     "DetectStep",
     "Detector",
     "DetectorLogic",

@@ -135,6 +135,9 @@ class Detector(ABC):
 
     kind: ClassVar[str] = "detector"
     snapshot_type: ClassVar[type[DetectorSnapshot]] = DetectorSnapshot
+    emits_changepoints: ClassVar[bool] = False
+    """True for changepoint detectors: ``is_anomaly`` marks the row where a change is detected, once per
+    change, rather than every anomalous row (evaluation scores those rows as predicted changepoints)."""
 
     def __init__(
         self,

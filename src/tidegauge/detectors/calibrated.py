@@ -36,6 +36,12 @@ class Calibrated(Detector):
     so calibration is close to the identity until a key's data say otherwise.
 
     Records the inner detector scores 0 (warm-up, bad values) score 0 and do not move the quantiles.
+    A record the calibration flags moves them with ``flagged_weight`` times the step. With 1 (the
+    default) every reading of a long anomaly pushes the key's 99% quantile up by ``0.99 * eta`` (a
+    300-reading episode by about 6 nats), which can make the key blind to the next anomaly for tens
+    of thousands of readings; a small weight (e.g. 0.01) avoids that, at the price of adapting slowly
+    where a key's normal raw scores are far above the initial quantiles, so use it over a detector
+    whose raw scores are already roughly calibrated (``ZScore``), as :func:`~tidegauge.detectors.default_detector` does.
 
     Examples
     --------
@@ -57,6 +63,7 @@ class Calibrated(Detector):
         *,
         threshold: float = 0.9999,
         eta: float = 0.02,
+        flagged_weight: float = 1.0,
         name: str | None = None,
         key: str | None = None,
         time: str | None = None,
@@ -67,6 +74,8 @@ class Calibrated(Detector):
         check_positive("eta", eta, upper=1.0)
         self.detector = detector
         self.eta = float(eta)
+        check_positive("flagged_weight", flagged_weight, upper=1.0)
+        self.flagged_weight = float(flagged_weight)
 
     def _new_logic(self) -> DetectorLogic:
         return _CalibratedLogic(self)
@@ -85,7 +94,10 @@ class _CalibratedLogic(DetectorLogic):
         self.inner.now_us = self.now_us
         raw = self.inner.run(batch, score=True, learn=learn)
         a = self._arrays
-        _calibrate_kernel(batch.keys, raw, a["q90"], a["q99"], self.definition.eta, score, learn, out)
+        d = self.definition
+        _calibrate_kernel(
+            batch.keys, raw, a["q90"], a["q99"], d.eta, d.eta * d.flagged_weight, d.threshold, score, learn, out
+        )
 
     def on_tick(self, now_us: int, watermark: int) -> None:
         return None
@@ -109,6 +121,8 @@ def _calibrate_kernel(
     q90: np.ndarray,
     q99: np.ndarray,
     eta: float,
+    eta_flagged: float,
+    threshold: float,
     do_score: bool,
     do_learn: bool,
     out: np.ndarray,
@@ -125,9 +139,11 @@ def _calibrate_kernel(
         b = q99[k]
         if b < a + 0.01:
             b = a + 0.01
+        tail = 0.1 * math.exp(-(r - a) * ln10 / (b - a))
+        cal = 1.0 - min(tail, 1.0)
         if do_score:
-            tail = 0.1 * math.exp(-(r - a) * ln10 / (b - a))
-            out[i] = 1.0 - min(tail, 1.0)
+            out[i] = cal
         if do_learn:
-            q90[k] = a + eta * (0.9 - (1.0 if r <= a else 0.0))
-            q99[k] = q99[k] + eta * (0.99 - (1.0 if r <= q99[k] else 0.0))
+            step = eta_flagged if cal >= threshold else eta
+            q90[k] = a + step * (0.9 - (1.0 if r <= a else 0.0))
+            q99[k] = q99[k] + step * (0.99 - (1.0 if r <= q99[k] else 0.0))

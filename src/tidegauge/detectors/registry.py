@@ -9,6 +9,7 @@ from typing import Any
 
 from tidegauge.detectors.base import Detector
 from tidegauge.detectors.calibrated import Calibrated
+from tidegauge.detectors.cusum import Cusum
 from tidegauge.detectors.ensemble import Ensemble
 from tidegauge.detectors.flatline import Flatline
 from tidegauge.detectors.hst import HalfSpaceTrees
@@ -29,6 +30,7 @@ DETECTORS: dict[str, type[Detector]] = {
     cls.kind: cls
     for cls in (
         Calibrated,
+        Cusum,
         Ensemble,
         Flatline,
         HalfSpaceTrees,
@@ -52,6 +54,8 @@ _ALIASES = {
     "nodata": "no_data",
     "deadman": "no_data",
     "rateofchange": "rate_of_change",
+    "changepoint": "cusum",
+    "page_hinkley": "cusum",
 }
 
 
@@ -115,19 +119,22 @@ def default_detector(
 
     Tuned on the simulator's anomalies (level shifts of 5+ standard deviations lasting ~30 s, i.e. ~300
     readings of a sensor at the demo's 10 readings/s): a slow ``ZScore(alpha=0.001, clip=4)`` keeps
-    flagging a sustained shift and barely drifts during it, ``restart=(10, 1000)`` drops a young baseline
-    learned during an anomaly (sensors that start mid-episode), calibration with ``threshold=0.99999``
-    flags about one normal reading in 100,000 per field on every sensor, and ``Flatline`` catches a
-    sensor stuck on one value for 20 readings. ``seed`` is accepted for interface symmetry (nothing in
-    it is random). About 60 bytes of state per sensor and field.
+    flagging a sustained shift and barely drifts during it; its fleet prior (``fleet=True``) decides,
+    when a sensor is contradicted for 10 readings, whether its baseline or the new level is the normal
+    one (a sensor that started mid-episode restarts when it comes back to normal; an anomaly is not
+    adopted as normal); calibration with ``threshold=0.99999`` flags about one normal reading in
+    100,000 per field on every sensor, and learns flagged readings at 1% of its step so one long
+    episode does not blind a sensor to the next; ``Flatline`` catches a sensor stuck on one value for
+    20 readings. ``seed`` is accepted for interface symmetry (nothing in it is random). About 80 bytes
+    of state per sensor and field.
 
     >>> default_detector(["temperature"]).name
     'default'
     """
     del seed
-    z = ZScore(list(fields), alpha=0.001, clip=4.0, warmup=100, restart=(10, 1000), name="zscore")
+    z = ZScore(list(fields), alpha=0.001, clip=4.0, warmup=100, restart=(10, 1000), fleet=True, name="zscore")
     return Ensemble(
-        [Calibrated(z, threshold=0.99999, name="zscore"), Flatline(list(fields), n=20)],
+        [Calibrated(z, threshold=0.99999, flagged_weight=0.01, name="zscore"), Flatline(list(fields), n=20)],
         combine="max",
         name="default",
     )

@@ -10,7 +10,7 @@ hand the outputs to the scorers; simulator streams run through one detector with
 
 from __future__ import annotations
 
-from tidegauge.evaluate.baseline import MahalanobisBaselineDetector
+from tidegauge.evaluate.baseline import MahalanobisBaselineDetector, skab_changepoint_detector
 from tidegauge.evaluate.nab import NAB_PROFILES, CostProfile, NabFile, NabProfileResult, score_corpus
 from tidegauge.evaluate.runner import (
     DetectorFactory,
@@ -24,7 +24,7 @@ from tidegauge.evaluate.runner import (
 )
 from tidegauge.evaluate.sim import TypeMetrics, score_simulation
 from tidegauge.evaluate.sim_runner import SimReport, generate_simulation, run_simulation, stream_simulation
-from tidegauge.evaluate.skab import BinaryMetrics, SkabNabResult, binary_metrics, skab_nab
+from tidegauge.evaluate.skab import BinaryMetrics, SkabNabResult, binary_metrics, chance_scores, skab_nab
 
 __all__ = [
     "NAB_PROFILES",
@@ -41,6 +41,7 @@ __all__ = [
     "SkabReport",
     "TypeMetrics",
     "binary_metrics",
+    "chance_scores",
     "generate_simulation",
     "load_nab_profiles",
     "load_nab_windows",
@@ -49,6 +50,7 @@ __all__ = [
     "run_skab",
     "score_corpus",
     "score_simulation",
+    "skab_changepoint_detector",
     "skab_nab",
     "stream_simulation",
 ]

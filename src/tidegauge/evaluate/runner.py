@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import polars as pl
 
 from tidegauge._time import parse_duration, timestamp_column_to_micros
@@ -31,6 +32,7 @@ from tidegauge.evaluate.skab import (
     ChangepointFile,
     SkabNabResult,
     binary_metrics,
+    chance_scores,
     predicted_changepoints,
     skab_nab,
 )
@@ -87,6 +89,8 @@ class SkabReport:
     score_from: int
     outlier: BinaryMetrics
     changepoint: SkabNabResult
+    changepoint_chance: dict[str, float]
+    """NAB scores of as many alarms per file placed blind to the data (:func:`chance_scores`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +135,19 @@ def run_skab(
     score_from: int = 400,
     window: str = "60s",
     scores_out: Path | None = None,
+    changepoint_detector: DetectorSpec | DetectorFactory | None = None,
 ) -> SkabReport:
     """Run the SKAB protocol: each labelled file streamed through ``detector``, rows ``score_from:`` scored.
 
     ``score_from=400`` scores the test part only (the first 400 rows are each file's training set, as in
     SKAB's proposed leaderboard); ``score_from=0`` scores whole files (the v0.9 leaderboard).
     ``detector`` is a definition, or a :data:`DetectorFactory` called with each file's feature columns.
+
+    Changepoints: with no ``changepoint_detector``, the predicted changepoints are the rows where
+    ``detector``'s prediction changes (SKAB's rule for outlier detectors). With one, it streams every
+    file too and its own output gives them: the flagged rows of a detector that marks changepoints
+    (``emits_changepoints``, e.g. :class:`~tidegauge.detectors.Cusum`), else the rows where its
+    prediction changes. The outlier metrics always come from ``detector``.
     """
     if score_from < 0:
         raise ValueError(f"score_from must be >= 0, got {score_from!r}")
@@ -159,15 +170,26 @@ def run_skab(
         true_out.append(truth)
         pred_out.append(pred)
         ts = timestamp_column_to_micros(df["datetime"]).to_numpy()[score_from:]
-        cps.append(
-            ChangepointFile(ts, df["changepoint"].cast(pl.Int8).to_numpy()[score_from:], predicted_changepoints(pred))
-        )
+        if changepoint_detector is None:
+            pred_cp = predicted_changepoints(pred)
+        else:
+            cp_spec = _for_fields(changepoint_detector, features)
+            cp_flags = _stream(cp_spec, stream)["is_anomaly"].fill_null(False).cast(pl.Int8).to_numpy()
+            if getattr(cp_spec, "emits_changepoints", False):
+                pred_cp = cp_flags[score_from:]
+            else:
+                pred_cp = predicted_changepoints(cp_flags[score_from:])
+        cps.append(ChangepointFile(ts, df["changepoint"].cast(pl.Int8).to_numpy()[score_from:], pred_cp))
         rows += truth.size
         if scores_out is not None:
             target = scores_out / rel
             target.parent.mkdir(parents=True, exist_ok=True)
+            full_cp = np.zeros(df.height, dtype=np.int8)
+            full_cp[score_from:] = pred_cp
             stream.select("timestamp", *features).with_columns(
-                out["score"].alias("anomaly_score"), out["is_anomaly"].cast(pl.Int8).alias("prediction")
+                out["score"].alias("anomaly_score"),
+                out["is_anomaly"].cast(pl.Int8).alias("prediction"),
+                pl.Series("changepoint", full_cp, dtype=pl.Int8),
             ).write_csv(target)
     logger.info("SKAB: %d files, %d rows scored", len(files), rows)
     return SkabReport(
@@ -176,6 +198,7 @@ def run_skab(
         score_from=score_from,
         outlier=binary_metrics(true_out, pred_out),
         changepoint=skab_nab(cps, window_us=window_us),
+        changepoint_chance=chance_scores(cps, window_us=window_us),
     )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "ChangepointFile",
     "SkabNabResult",
     "binary_metrics",
+    "chance_scores",
     "changepoint_windows",
     "predicted_changepoints",
     "skab_nab",
@@ -188,3 +189,34 @@ def skab_nab(files: Sequence[ChangepointFile], *, window_us: int = 60_000_000) -
         for name in SKAB_NAB_PROFILES
     }
     return SkabNabResult(scores=scores, missed=missed, false_positives=fps, n_changepoints=n_cp)
+
+
+def chance_scores(
+    files: Sequence[ChangepointFile], *, window_us: int = 60_000_000, reps: int = 20, seed: int = 0
+) -> dict[str, float]:
+    """SKAB-NAB scores of timing-blind alarms: as many per file as predicted, evenly spaced, random phase.
+
+    SKAB's NAB variant charges a false positive only ``0.11`` (standard) against ``1`` for a miss, so
+    alarm *density* alone earns a good score: this is the reference a changepoint detector must beat
+    by knowing *when* changes happen. The mean over ``reps`` seeded random phases.
+
+    >>> ts = np.arange(0, 600, dtype=np.int64) * 1_000_000
+    >>> cp = np.zeros(600, dtype=np.int8); cp[300] = 1
+    >>> chance_scores([ChangepointFile(ts, cp, np.zeros(600, dtype=np.int8))])["standard"]
+    0.0
+    """
+    rng = np.random.default_rng(seed)
+    totals = dict.fromkeys(SKAB_NAB_PROFILES, 0.0)
+    for _ in range(reps):
+        placed = []
+        for f in files:
+            pred = np.asarray(f.pred_cp)
+            k = int(np.count_nonzero(pred == 1))
+            alarms = np.zeros(pred.shape, dtype=np.int8)
+            if k:
+                step = max(1, pred.size // k)
+                alarms[int(rng.integers(0, step)) :: step] = 1
+            placed.append(ChangepointFile(f.timestamps_us, f.true_cp, alarms))
+        for name, value in skab_nab(placed, window_us=window_us).scores.items():
+            totals[name] += value / reps
+    return totals
