@@ -279,7 +279,7 @@ alerts: {rules: default, store: alerts.db, streams: [readings, health]}
     done = _tidegauge(tmp_path, "run", "pipeline.yaml")
     assert done.returncode == 0, done.stderr
     scored = pl.read_parquet(tmp_path / "scored.parquet")
-    critical = set(scored.filter(pl.col("score") > 0.9)["sensor_id"].to_list())
+    critical = set(scored.filter(pl.col("is_anomaly") & (pl.col("score") > 0.9))["sensor_id"].to_list())
     in_alert = set(scored.filter(pl.col("operational_status") == "alert")["sensor_id"].to_list())
     ls = _tidegauge(tmp_path, "alerts", "ls", "--db", "alerts.db", "--json")
     alerts = json.loads(ls.stdout)

@@ -49,7 +49,7 @@ def default_alerting(
     alert state in ``<data_dir>/alerts.db`` (SQLite; restored on the next start).
 
     The rules cover a high anomaly rate (``is_anomaly`` over 15% of readings over 5 minutes), a critical
-    anomaly (``score > 0.9``), a sensor reporting ``operational_status = 'alert'``, a silent sensor, the
+    anomaly (flagged with ``score > 0.9``), a sensor reporting ``operational_status = 'alert'``, a silent sensor, the
     flow's processing latency (health records: :func:`watch_health`) and edge nodes (heartbeat records with
     ``node_id``, ``heartbeat``, ``availability``, ``battery_pct``). A rule whose columns a stream lacks stays
     dormant on that stream. Pass ``config`` to use other rules with the same store, ``notifiers`` to

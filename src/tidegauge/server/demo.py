@@ -143,21 +143,13 @@ class Coalesce:
 
 
 def demo_alert_manager(run_dir: Path) -> Any:
-    """The demo's alert manager: the default rules, state in ``run_dir/alerts.sqlite``.
-
-    One adjustment: the default ``CriticalAnomaly`` rule fires on ``score > 0.9``, but the default
-    detector's score is calibrated (about uniform on normal readings: 10% of them score above 0.9), so
-    that rule would fire for nearly every sensor and churn thousands of alerts a second at 10,000 sensors.
-    The demo fires it on the detector's own decision (``is_anomaly``, i.e. score > 0.99999) instead.
-    Delivery runs in background threads (the default ``log`` receiver) so the flow never waits on it.
+    """The demo's alert manager: the default rules (:func:`tidegauge.alerting.default_config`), state in
+    ``run_dir/alerts.sqlite``. Delivery runs in background threads (the default ``log`` receiver) so the flow
+    never waits on it.
     """
     from tidegauge.alerting import AlertManager, default_config
 
-    config = default_config()
-    rules = [msgspec.structs.replace(r, expr="is_anomaly", resolve="NOT is_anomaly")
-             if r.name == "CriticalAnomaly" else r for r in config.rules]
-    config = msgspec.structs.replace(config, rules=rules)
-    return AlertManager(config, store=run_dir / "alerts.sqlite", delivery="background")
+    return AlertManager(default_config(), store=run_dir / "alerts.sqlite", delivery="background")
 
 
 def _warm_up(fields: list[str]) -> None:
