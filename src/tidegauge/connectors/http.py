@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import struct
+import threading
 import time
 import zlib
 from collections import deque
@@ -50,6 +51,11 @@ ACCEPTED, REJECTED = 1, 2
 _SEGMENT_BYTES = 64 * 1024 * 1024
 """Segment size before rolling over: big enough to make few files, small enough to free disk soon after
 a checkpoint (only whole segments are deleted)."""
+
+
+_PARSE_IN_THREAD_BYTES = 32 * 1024
+"""Batches at least this big are parsed in a worker thread: below it, the hop (tens of microseconds) costs
+more than it saves and adds latency at low rates."""
 
 
 class HttpIngestSnapshot(msgspec.Struct, frozen=True, tag="tidegauge.http-ingest.v1"):
@@ -91,7 +97,10 @@ class IntakeLog:
         self._times: deque[tuple[int, float]] = deque(maxlen=100_000)
         self.records_appended = 0
         self._sync_lock = asyncio.Lock()
-        self._waiters: list[asyncio.Event] = []
+        # the segment list and the tail file are shared by the server (appending) and the flow (reading,
+        # truncating), which may run in another thread (tidegauge.server.flowthread)
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop | None, asyncio.Event]] = []
 
     # -- writing -----------------------------------------------------------------------------------
     def _recover(self) -> int:
@@ -129,28 +138,50 @@ class IntakeLog:
 
         Returns the log offset after the request.
         """
-        buf = bytearray()
+        parts: list[bytes] = []
         if n_accepted:
-            buf += _frame(ACCEPTED, accepted)
+            parts += _frame(ACCEPTED, accepted)
         if rejects:
-            buf += _frame(REJECTED, msgspec.msgpack.encode(rejects))
-        if not buf:
+            parts += _frame(REJECTED, msgspec.msgpack.encode(rejects))
+        if not parts:
             return self.end
         if self.end - self._segments[-1] >= self.segment_bytes:
-            os.close(self._fd)
-            self._segments.append(self.end)
-            self._fd = self._open_tail()
-        os.write(self._fd, buf)
-        self.end += len(buf)
+            await self._roll()
+        size = sum(len(p) for p in parts)
+        with self._lock:
+            # one gathered write of the headers and the payloads as they are (no copy of the body);
+            # O_APPEND to a regular file: written whole or the call fails
+            try:
+                written = os.writev(self._fd, parts)
+                if written != size:
+                    raise OSError(f"intake log {self.dir}: short write ({written} of {size} bytes)")
+            except OSError:
+                # cut what was partly written (disk full...): later frames must not follow a torn one
+                os.ftruncate(self._fd, self.end - self._segments[-1])
+                raise
+            self.end += size
+            end = self.end
         self.records_appended += n_accepted + len(rejects)
-        self._times.append((self.end, time.perf_counter()))
-        end = self.end
+        self._times.append((end, time.perf_counter()))
         if self.durability == "fsync":
             await self._sync(end)
         else:
             self.durable = max(self.durable, end)
         self._notify()
         return end
+
+    async def _roll(self) -> None:
+        # under the sync lock: no fsync of the old file is in flight while it is closed
+        async with self._sync_lock:
+            if self.end - self._segments[-1] < self.segment_bytes:
+                return
+            old = self._fd
+            if self.durability == "fsync":
+                await asyncio.to_thread(os.fsync, old)  # the old segment's tail, before its fd is gone
+            with self._lock:
+                self._segments.append(self.end)
+                self._fd = self._open_tail()
+            os.close(old)
 
     async def _sync(self, end: int) -> None:
         # group commit: whoever holds the lock fsyncs everything written so far, others find it done
@@ -162,8 +193,26 @@ class IntakeLog:
             self.durable = max(self.durable, target)
 
     def _notify(self) -> None:
-        for ev in self._waiters:
-            ev.set()
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for loop, ev in list(self._waiters):
+            if loop is None or loop is here:
+                ev.set()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(ev.set)
+
+    def add_waiter(self, event: asyncio.Event) -> None:
+        """Have ``event`` set (in the event loop running now) whenever new records become durable."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._waiters.append((loop, event))
+
+    def remove_waiter(self, event: asyncio.Event) -> None:
+        self._waiters = [(lp, ev) for lp, ev in self._waiters if ev is not event]
 
     def appended_at(self, offset: int) -> float | None:
         """``perf_counter()`` time of the first frame ending after ``offset`` still remembered (for latency)."""
@@ -187,15 +236,20 @@ class IntakeLog:
                 f"intake log {self.dir}: position {offset} was deleted (the log starts at {self.start}); "
                 "the checkpoint and the log do not belong together"
             )
+        with self._lock:
+            return self._read(offset, max_records, self.durable, list(self._segments))
+
+    def _read(self, offset: int, max_records: int, durable: int,
+              segments: list[int]) -> tuple[list[tuple[int, bytes]], int]:
         frames: list[tuple[int, bytes]] = []
-        idx = max(0, _bisect(self._segments, offset))
+        idx = max(0, _bisect(segments, offset))
         budget = max_records
-        while offset < self.durable and budget > 0 and idx < len(self._segments):
-            first = self._segments[idx]
-            seg_end = self._segments[idx + 1] if idx + 1 < len(self._segments) else self.durable
+        while offset < durable and budget > 0 and idx < len(segments):
+            first = segments[idx]
+            seg_end = segments[idx + 1] if idx + 1 < len(segments) else durable
             with open(self._path(first), "rb") as f:
                 f.seek(offset - first)
-                data = f.read(min(seg_end, self.durable) - offset)
+                data = f.read(min(seg_end, durable) - offset)
             pos = 0
             while pos + _HEADER.size <= len(data) and budget > 0:
                 length, _crc = _HEADER.unpack_from(data, pos)
@@ -211,17 +265,22 @@ class IntakeLog:
 
     def truncate_before(self, offset: int) -> None:
         """Delete whole segments that end at or before ``offset`` (never the one being written)."""
-        while len(self._segments) > 1 and self._segments[1] <= offset:
-            self._path(self._segments.pop(0)).unlink(missing_ok=True)
-        self.start = self._segments[0]
+        with self._lock:
+            while len(self._segments) > 1 and self._segments[1] <= offset:
+                self._path(self._segments.pop(0)).unlink(missing_ok=True)
+            self.start = self._segments[0]
 
     def close(self) -> None:
         os.close(self._fd)
 
 
-def _frame(kind: int, payload: bytes) -> bytes:
-    body = bytes([kind]) + payload
-    return _HEADER.pack(len(body), zlib.crc32(body)) + body
+def _frame(kind: int, payload: bytes) -> list[bytes]:
+    """A frame as the pieces to write: header with the kind byte, then the payload untouched."""
+    k = _KINDS[kind]
+    return [_HEADER.pack(len(payload) + 1, zlib.crc32(payload, zlib.crc32(k))) + k, payload]
+
+
+_KINDS = {ACCEPTED: bytes([ACCEPTED]), REJECTED: bytes([REJECTED])}
 
 
 def _bisect(segments: list[int], offset: int) -> int:
@@ -342,7 +401,7 @@ class HttpIngestSourceLogic:
         self.d, self.log, self.offset = d, log, offset
         self.closed = False
         self._event = asyncio.Event()
-        log._waiters.append(self._event)
+        log.add_waiter(self._event)
         self._read_schema = {f: _POLARS[t] for f, t in d.schema.items()}
 
     async def next_batch(self, max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
@@ -353,7 +412,13 @@ class HttpIngestSourceLogic:
             except TimeoutError:
                 return pl.DataFrame()
         frames, self.offset = self.log.read(self.offset, max_rows)
-        return self._to_frame(frames) if frames else pl.DataFrame()
+        if not frames:
+            return pl.DataFrame()
+        if sum(len(p) for _, p in frames) < _PARSE_IN_THREAD_BYTES:
+            return self._to_frame(frames)
+        # polars parses without the GIL: in a worker thread, the server keeps answering requests on the
+        # event loop meanwhile (on a second core) instead of waiting for the flow's parse
+        return await asyncio.to_thread(self._to_frame, frames)
 
     def _to_frame(self, frames: list[tuple[int, bytes]]) -> pl.DataFrame:
         ndjson = [p if p.endswith(b"\n") else p + b"\n" for k, p in frames if k == ACCEPTED]
@@ -397,8 +462,7 @@ class HttpIngestSourceLogic:
 
     async def close(self) -> None:
         self.closed = True
-        if self._event in self.log._waiters:
-            self.log._waiters.remove(self._event)
+        self.log.remove_waiter(self._event)
 
 
 def _timestamp(col: pl.Expr) -> pl.Expr:

@@ -40,6 +40,7 @@ from tidegauge._time import parse_duration
 from tidegauge.connectors.http import FieldType, HttpIngestSource
 from tidegauge.server.auth import Authenticator, Principal, RateLimiter
 from tidegauge.server.config import ServerConfig, resolve_tokens
+from tidegauge.server.flowthread import start_flow
 from tidegauge.server.ingest import error, ingest_http, ingest_ws, json_response
 from tidegauge.server.metrics import FlowCollector, LatencyTracker, ServerMetrics
 from tidegauge.server.openapi import openapi_schema
@@ -222,7 +223,10 @@ class _ObserveMiddleware:
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
                 alerts: AlertManager | None = None, started: asyncio.Event | None = None,
                 handle_signals: bool = True) -> Any:
-    """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
+    """Run ``runner`` and the HTTP server until the flow ends or a signal stops the server.
+
+    The server runs in this event loop; the flow in a thread of its own (``server.flow: thread``, the
+    default) or in this loop too (``loop``): see :mod:`tidegauge.server.flowthread`.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
     when ``handle_signals``, and only from the main thread) the server stops accepting requests, then the
@@ -250,7 +254,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
 
     uv = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                        access_log=False, lifespan="off", ws_max_size=state.body_limit, **tls))
-    flow_task = asyncio.create_task(runner.run_async())
+    flow_task, stop_flow = start_flow(runner, config.flow)
     server_task = asyncio.create_task(uv.serve())
     tracker = asyncio.create_task(LatencyTracker(runner, state.sources, state.metrics.e2e).run())
     loop = asyncio.get_running_loop()
@@ -267,7 +271,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         uv.should_exit = True
         with contextlib.suppress(Exception):
             await server_task
-        runner.stop()
+        stop_flow()
         tracker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await tracker

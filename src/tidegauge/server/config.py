@@ -103,6 +103,8 @@ class ServerConfig(msgspec.Struct, **_Strict):
     retry_after_s: int = 1
     access_log: bool = False
     """one structured JSON log line per request (method, path, status, duration, token name; no secrets)"""
+    flow: Literal["thread", "loop"] = "thread"
+    """where the flow runs: a thread of its own (another core for its CPU work) or the server's event loop"""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
