@@ -102,7 +102,8 @@ class ServerConfig(msgspec.Struct, **_Strict):
     """/readyz fails when the last checkpoint is older than this (and checkpoints are configured)"""
     retry_after_s: int = 1
     access_log: bool = False
-    """one structured JSON log line per request (method, path, status, duration, token name; no secrets)"""
+    """one structured JSON log line per request on the ``tidegauge.server.access`` logger (method, path without
+    the query string, status, seconds, client address; never a token)"""
     flow: Literal["thread", "loop"] = "thread"
     """where the flow runs: a thread of its own (another core for its CPU work) or the server's event loop"""
 
