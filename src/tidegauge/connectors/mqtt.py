@@ -170,6 +170,7 @@ class MqttSource:
         self.template = TopicTemplate(template) if template else None
         self.schema = dict(schema) if schema else None
         self.name = name if name is not None else "mqtt"
+        self.logic: MqttSourceLogic | None = None
 
     @property
     def guarantee(self) -> Guarantee:
@@ -177,8 +178,9 @@ class MqttSource:
         return "at-least-once" if durable else "at-most-once"
 
     def build(self, resume_state: MqttSourceState | None) -> MqttSourceLogic:
-        """Connect (in the background, retrying) and subscribe."""
-        return MqttSourceLogic(self, 0 if resume_state is None else resume_state.received)
+        """Connect (in the background, retrying) and subscribe; the logic is kept as ``self.logic``."""
+        self.logic = MqttSourceLogic(self, 0 if resume_state is None else resume_state.received)
+        return self.logic
 
 
 class MqttSourceLogic:
@@ -329,6 +331,7 @@ class MqttSink:
         self.connection = connection or MqttConnection()
         self.qos, self.retain = qos, retain
         self.name = name if name is not None else "mqtt"
+        self.logic: MqttSourceLogic | None = None
 
     @property
     def guarantee(self) -> Guarantee:
