@@ -7,9 +7,6 @@ The shared Mosquitto on 1883 has no TLS listener, so this test starts its own br
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.connectors.servers import rows_in, run_until, unique
+from tests.connectors.servers import private_mosquitto, rows_in, run_until, unique
 from tests.server.test_tls_and_logs import make_cert
 from tidegauge.connectors.mqtt import MqttConnection, MqttSink, MqttSource, MqttTls
 from tidegauge.dataflow import Flow
@@ -26,39 +23,11 @@ from tidegauge.testing import MemorySink, MemorySource
 pytestmark = pytest.mark.server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        pytest.fail("mosquitto is not installed (the broker tests need it: apt-get install -y mosquitto)")
     cert, key = make_cert(tmp_path)
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    # user root: mosquitto started as root would switch to its own user, who cannot read pytest's tmp dir
-    conf.write_text(f"user root\npersistence false\nlistener {port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n"
-                    "allow_anonymous true\nmax_queued_messages 0\n")
-    log = tmp_path / "mosquitto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise AssertionError(f"mosquitto exited: {log.read_text()}")
-                time.sleep(0.05)
+    with private_mosquitto(tmp_path, cert=cert, key=key) as port:
         yield port, cert
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_sink_and_source_over_tls(tls_broker: tuple[int, Path]) -> None:

@@ -141,10 +141,12 @@ class NatsSource:
         self.max_ack_pending = max_ack_pending
         self.schema = dict(schema) if schema else None
         self.name = name if name is not None else "nats"
+        self.logic: NatsSourceLogic | None = None
 
     def build(self, resume_state: NatsSourceState | None) -> NatsSourceLogic:
         """Logic that connects on its first batch and resumes after ``resume_state``'s sequence."""
-        return NatsSourceLogic(self, resume_state)
+        self.logic = NatsSourceLogic(self, resume_state)
+        return self.logic
 
 
 class NatsSourceLogic:
@@ -158,6 +160,7 @@ class NatsSourceLogic:
         self._delivered = state.delivered if state is not None else 0
         self._unacked: deque[tuple[int, str]] = deque()  # (delivered count, reply subject)
         self._fetch: asyncio.Task[list[Any]] | None = None
+        self._pending: int | None = None
 
     async def _ensure(self) -> Any:
         if self._sub is None:
@@ -204,9 +207,18 @@ class NatsSourceLogic:
             self._delivered += 1
             self._unacked.append((self._delivered, m.reply))
         self._seq = msgs[-1].metadata.sequence.stream
+        self._pending = msgs[-1].metadata.num_pending
         return decode_payloads(
             [m.data for m in msgs], topics=[m.subject for m in msgs], template=self._d.template, schema=self._d.schema
         )
+
+    def lag(self) -> int | None:
+        """Messages in the stream after the last one handed out, as JetStream reported with it (None: no fetch yet).
+
+        With a slow sink the runner stops asking for batches, fetching stops and this grows: the
+        pressure is visible here, while the messages wait in the stream, not in memory.
+        """
+        return self._pending
 
     def snapshot(self) -> NatsSourceState:
         """Stream sequence of the last message handed out."""
