@@ -289,7 +289,7 @@ def server_config(config: PipelineConfig, *, base_dir: str | Path = ".", host: s
 def _relative_to(server: ServerConfig, base: Path) -> ServerConfig:
     """``server`` with its file paths (history, TLS, intake) taken relative to the pipeline file's directory."""
     h = server.history
-    history = msgspec.structs.replace(h, **{
+    history = h if h.postgres is not None else msgspec.structs.replace(h, **{  # postgres: table names
         f: str(base / getattr(h, f)) + ("/" if getattr(h, f).endswith("/") else "")
         for f in ("readings", "windows", "anomalies", "dead_letters") if getattr(h, f) is not None})
     tls = server.tls if server.tls is None else msgspec.structs.replace(
