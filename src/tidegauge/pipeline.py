@@ -19,9 +19,10 @@
 Sources: ``{file: PATH, format?, speed?}``, ``{simulator: {sensors, rate, seed, ...}, limit?}``,
 ``{mqtt: {topics, host, port, qos, session, ack, template, ...}}``,
 ``{nats: {stream, subject, durable, servers, ack_wait, ...}}``, ``{redis: {key, group, consumer, url}}``,
-``{http: {log_dir, durability, max_lag, schema}}``.
+``{http: {log_dir, durability, max_lag, schema}}``, ``{kafka: {topics, group, bootstrap, config, key_column}}``.
 Sinks: ``{file: PATH}``, ``{postgres: {table, key, conninfo, create}}``, ``{mqtt: {topic, ...}}``,
-``{nats: {subject, servers, id_columns}}``, ``{redis: {key, url, maxlen}}``. Each connector's module (and its
+``{nats: {subject, servers, id_columns}}``, ``{redis: {key, url, maxlen}}``,
+``{kafka: {topic, bootstrap, key_column, id_columns, transactional_id, config}}``. Each connector's module (and its
 client library, an extra such as ``tidegauge[nats]``) is imported only when a file uses it.
 Steps: ``filter``, ``select``, ``with_columns``, ``key_by``, ``enrich``, ``window``, ``detect``.
 Relative paths are taken relative to the pipeline file's directory. Every error names the file, the
@@ -92,6 +93,15 @@ class RedisSourceSection(msgspec.Struct, **_Strict):
     schema: dict[str, ColumnType] | None = None
 
 
+class KafkaSourceSection(msgspec.Struct, **_Strict):
+    topics: str | list[str]
+    group: str
+    bootstrap: str = "127.0.0.1:9092"
+    config: dict[str, str | int | float | bool] | None = None
+    key_column: str | None = None
+    schema: dict[str, ColumnType] | None = None
+
+
 class HttpSourceSection(msgspec.Struct, **_Strict):
     log_dir: str = "intake"
     durability: Literal["fsync", "os"] = "fsync"
@@ -106,6 +116,7 @@ class SourceConfig(msgspec.Struct, **_Strict):
     nats: NatsSourceSection | None = None
     redis: RedisSourceSection | None = None
     http: HttpSourceSection | None = None
+    kafka: KafkaSourceSection | None = None
     format: Literal["csv", "jsonl", "parquet"] | None = None
     speed: float | None = None
     limit: int | None = None
@@ -145,18 +156,28 @@ class RedisSinkSection(msgspec.Struct, **_Strict):
     maxlen: int | None = None
 
 
+class KafkaSinkSection(msgspec.Struct, **_Strict):
+    topic: str
+    bootstrap: str = "127.0.0.1:9092"
+    key_column: str | None = None
+    id_columns: list[str] | None = None
+    transactional_id: str | None = None
+    config: dict[str, str | int | float | bool] | None = None
+
+
 class SinkConfig(msgspec.Struct, **_Strict):
     file: str | None = None
     postgres: PostgresSinkSection | None = None
     mqtt: MqttSinkSection | None = None
     nats: NatsSinkSection | None = None
     redis: RedisSinkSection | None = None
+    kafka: KafkaSinkSection | None = None
     format: Literal["csv", "jsonl", "parquet"] | None = None
     name: str | None = None
 
 
-_SOURCE_KINDS = ("file", "simulator", "mqtt", "nats", "redis", "http")
-_SINK_KINDS = ("file", "postgres", "mqtt", "nats", "redis")
+_SOURCE_KINDS = ("file", "simulator", "mqtt", "nats", "redis", "http", "kafka")
+_SINK_KINDS = ("file", "postgres", "mqtt", "nats", "redis", "kafka")
 
 
 class WindowConfig(msgspec.Struct, **_Strict):
@@ -409,6 +430,12 @@ def _source(s: SourceConfig, base: Path, i: int, config: PipelineConfig) -> Any:
                                schema=_schema(r.schema), name=s.name)
         if s.http is not None:
             return _http_source(s.http, base, key=s.key or config.key, time=s.time or default_time, name=s.name)
+        if s.kafka is not None:
+            from tidegauge.connectors.kafka import KafkaSource
+
+            k = s.kafka
+            return KafkaSource(k.topics, group=k.group, bootstrap=k.bootstrap, config=k.config,
+                               key_column=k.key_column, schema=_schema(k.schema), name=s.name)
     except (ValueError, TypeError, ConfigError) as exc:
         kind = next(k for k in _SOURCE_KINDS if getattr(s, k) is not None)
         raise ConfigError(f"{where}.{kind}: {exc}") from None
@@ -488,6 +515,12 @@ def _sink(s: SinkConfig, base: Path, where: str) -> Any:
 
             r = s.redis
             return RedisSink(r.key, url=r.url, field=r.field, maxlen=r.maxlen, name=s.name)
+        if s.kafka is not None:
+            from tidegauge.connectors.kafka import KafkaSink
+
+            k = s.kafka
+            return KafkaSink(k.topic, bootstrap=k.bootstrap, key_column=k.key_column, id_columns=k.id_columns,
+                             transactional_id=k.transactional_id, config=k.config, name=s.name)
     except (ValueError, TypeError) as exc:
         kind = next(k for k in _SINK_KINDS if getattr(s, k) is not None)
         raise ConfigError(f"{where}.{kind}: {exc}") from None
