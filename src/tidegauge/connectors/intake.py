@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -277,18 +278,19 @@ class IntakeLog:
         while offset < durable and budget > 0 and idx < len(segments):
             first = segments[idx]
             seg_end = segments[idx + 1] if idx + 1 < len(segments) else durable
-            with open(self._path(first), "rb") as f:
-                f.seek(offset - first)
-                data = f.read(min(seg_end, durable) - offset)
-            pos = 0
-            while pos + _HEADER.size <= len(data) and budget > 0:
-                length, _crc = _HEADER.unpack_from(data, pos)
-                kind = data[pos + _HEADER.size]
-                payload = data[pos + _HEADER.size + 1:pos + _HEADER.size + length]
-                frames.append((kind, payload))
-                budget -= payload.count(b"\n") + 1 if kind == ACCEPTED else 1
-                pos += _HEADER.size + length
-            offset += pos
+            stop = min(seg_end, durable) - first  # bytes of this segment that may be read
+            start = pos = offset - first
+            # mapped, not read: a flow far behind would otherwise read the whole rest of the segment
+            # (up to segment_bytes) at every call to use a few frames of it
+            with open(self._path(first), "rb") as f, mmap.mmap(f.fileno(), stop, access=mmap.ACCESS_READ) as mm:
+                while pos + _HEADER.size <= stop and budget > 0:
+                    length, _crc = _HEADER.unpack_from(mm, pos)
+                    kind = mm[pos + _HEADER.size]
+                    payload = mm[pos + _HEADER.size + 1:pos + _HEADER.size + length]
+                    frames.append((kind, payload))
+                    budget -= payload.count(b"\n") + 1 if kind == ACCEPTED else 1
+                    pos += _HEADER.size + length
+            offset += pos - start
             if offset >= seg_end:
                 idx += 1
         return frames, offset
