@@ -150,3 +150,55 @@ def test_openapi_describes_every_route(tmp_path: Path) -> None:
 
     routes, documented = asyncio.run(main())
     assert routes <= documented, f"routes missing from the OpenAPI document: {sorted(routes - documented)}"
+
+
+def test_serve_with_json_logs_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    """``tidegauge serve --log-format json`` with ``access_log: true``: stderr is JSON lines, tokens absent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tidegauge.server import hash_token
+
+    port = _free_port()
+    (tmp_path / "pipeline.yaml").write_text(f"""
+name: logs
+source: {{http: {{log_dir: intake, durability: os}}}}
+sink: {{file: out/readings.parquet}}
+server:
+  port: {port}
+  access_log: true
+  tokens: [{{name: gw, hash: "{hash_token(TOKENS['ingest'])}", scopes: [ingest, read]}}]
+""")
+    env = {**os.environ, "TIDEGAUGE_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen([sys.executable, "-m", "tidegauge", "serve", str(tmp_path / "pipeline.yaml"),
+                             "--log-format", "json"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            for _ in range(100):  # 503 until the flow reads its source
+                r = c.post("/api/v1/ingest", content=GOOD, headers={**auth("ingest"),
+                                                                    "content-type": "application/x-ndjson"})
+                if r.status_code == 200:
+                    break
+                time.sleep(0.05)
+            assert r.status_code == 200
+            assert c.get("/metrics", headers={"authorization": "Bearer not-the-token"}).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    access = [r for r in records if r["logger"] == "tidegauge.server.access"]
+    assert {(r["method"], r["path"], r["status"]) for r in access} >= {("POST", "/api/v1/ingest", 200),
+                                                                       ("GET", "/metrics", 401)}
+    assert all({"time", "level", "message"} <= set(r) for r in records)
+    text = err.decode()
+    assert TOKENS["ingest"] not in text and "not-the-token" not in text

@@ -39,6 +39,8 @@ def serve(
                                              show_envvar=True)] = None,
     hash_token: Annotated[str | None, typer.Option("--hash-token", help="Print the stored form of a token and exit.",
                                                    envvar="TIDEGAUGE_HASH_TOKEN", show_envvar=True)] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="Log lines as 'text' or 'json' (one object each).",
+                                            envvar="TIDEGAUGE_LOG_FORMAT", show_envvar=True)] = "text",
 ) -> None:
     """Run a pipeline and its HTTP server until Ctrl-C (then checkpoint and stop)."""
     from tidegauge.server import hash_token as _hash
@@ -46,8 +48,13 @@ def serve(
     if hash_token is not None:
         typer.echo(_hash(hash_token))
         return
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format {log_format!r}: use 'text' or 'json'")
     runner, config = build_served_pipeline(pipeline, host=host, port=port)
     from tidegauge.server import serve as _serve
+    from tidegauge.server.logs import configure_logging
+
+    configure_logging("json" if log_format == "json" else "text", access_log=config.access_log)
 
     result = asyncio.run(_serve(runner, config, environ=os.environ))
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "

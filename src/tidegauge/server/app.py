@@ -215,9 +215,9 @@ class _ObserveMiddleware:
             m.request_seconds.labels(route).observe(elapsed)
             if self.state.config.access_log:
                 # the path only: never the query string (a WebSocket access_token could be in it)
-                access_logger.info(json.dumps({"method": scope.get("method"), "path": path, "status": status,
-                                               "seconds": round(elapsed, 6),
-                                               "client": (scope.get("client") or ("", 0))[0]}))
+                fields = {"method": scope.get("method"), "path": path, "status": status,
+                          "seconds": round(elapsed, 6), "client": (scope.get("client") or ("", 0))[0]}
+                access_logger.info(json.dumps(fields), extra={"access": fields})
 
 
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
