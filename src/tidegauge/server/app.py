@@ -269,14 +269,16 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
     finally:
         # stop taking requests first, then let the flow finish its batch and checkpoint
         uv.should_exit = True
-        with contextlib.suppress(Exception):
-            await server_task
-        stop_flow()
-        tracker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tracker
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        try:
+            with contextlib.suppress(Exception):
+                await server_task
+        finally:  # even if uvicorn raised SystemExit (a port in use): the flow must not run on alone
+            stop_flow()
+            tracker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tracker
+            for sig in signals:
+                loop.remove_signal_handler(sig)
     return await flow_task
 
 
