@@ -36,7 +36,7 @@ def test_python_example_runs(readings_dir: Path) -> None:
 
 
 def test_pipeline_file_example_runs(readings_dir: Path) -> None:
-    (yaml_text,) = [b for b in blocks("yaml") if "source:" in b]
+    (yaml_text,) = [b for b in blocks("yaml") if b.startswith("# pipeline.yaml")]
     (readings_dir / "pipeline.yaml").write_text(yaml_text)
     done = subprocess.run([sys.executable, "-m", "tidegauge", "run", "pipeline.yaml"], capture_output=True,
                           text=True, cwd=readings_dir)
@@ -48,10 +48,22 @@ def test_pipeline_file_example_runs(readings_dir: Path) -> None:
 
 
 def test_bad_pipeline_error_shown_in_readme_is_real(readings_dir: Path) -> None:
-    (yaml_text,) = [b for b in blocks("yaml") if "source:" in b]
+    (yaml_text,) = [b for b in blocks("yaml") if b.startswith("# pipeline.yaml")]
     (readings_dir / "pipeline.yaml").write_text(yaml_text.replace("interval: 1s", "intervall: 1s"))
     done = subprocess.run([sys.executable, "-m", "tidegauge", "run", "pipeline.yaml"], capture_output=True,
                           text=True, cwd=readings_dir)
     assert done.returncode == 2
     shown = next(line for b in blocks("text") for line in b.splitlines() if line.startswith("error:"))
     assert done.stderr.strip().replace("\n", " ") == shown
+
+
+def test_server_example_is_a_valid_pipeline_file(tmp_path: Path) -> None:
+    from tidegauge.pipeline import build_pipeline, load_pipeline, server_config
+
+    (yaml_text,) = [b for b in blocks("yaml") if b.startswith("# served.yaml")]
+    (tmp_path / "served.yaml").write_text(yaml_text)
+    config = load_pipeline(tmp_path / "served.yaml")
+    server = server_config(config, base_dir=tmp_path)
+    assert server is not None and server.tls is not None and server.history.postgres is not None
+    assert [t.name for t in server.tokens] == ["gateway", "device-7", "ops"]
+    build_pipeline(config, base_dir=tmp_path)
