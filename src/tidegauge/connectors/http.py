@@ -214,8 +214,12 @@ class HttpIngestSourceLogic:
             self.log.truncate_before(position.offset)
 
     async def close(self) -> None:
+        """Stop reading and close the log (its writer thread and file); a later build opens it again."""
         self.closed = True
         self.log.remove_waiter(self._event)
+        if self.d._log is self.log:
+            self.d._log = None
+        await asyncio.to_thread(self.log.close)
 
 
 def _timestamp(col: pl.Expr) -> pl.Expr:

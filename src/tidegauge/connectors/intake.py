@@ -305,6 +305,8 @@ class IntakeLog:
     def close(self) -> None:
         """Finish the appends already queued, stop the writer thread and close the tail file."""
         with self._cond:
+            if self._closing:
+                return
             self._closing = True
             self._cond.notify()
             writer = self._writer
