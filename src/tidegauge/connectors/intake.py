@@ -11,12 +11,12 @@ frame or bad checksum: never acknowledged) is cut off when the log is opened.
 
 Fsync policy (``durability``)
 -----------------------------
-``"fsync"``: an append returns once its bytes are on stable storage. One writer thread takes every
-append waiting at that moment, writes them with one gathered ``writev`` and covers them with one
-``fsync`` (group commit across requests: under load, one fsync per batch of requests rather than per
-request; idle, one per request). ``"os"``: an append returns once written to the operating system
-(survives a crash of the process, not of the machine). The checksums, the writes and the fsync all run
-in the writer thread, off the server's event loop (they release the GIL).
+``"fsync"``: an append returns once its bytes are on stable storage. Appends are written at once (one
+gathered ``writev`` of the frame headers and the request bytes, not copied), then the first waiting
+request fsyncs, in a worker thread, everything written so far, and every request written meanwhile finds
+itself covered by that one ``fsync`` or the next (group commit across requests: under load one fsync
+per group of requests, idle one per request). ``"os"``: an append returns once written to the operating
+system (survives a crash of the process, not of the machine).
 """
 
 from __future__ import annotations
@@ -48,16 +48,6 @@ _SEGMENT_BYTES = 64 * 1024 * 1024
 """Segment size before rolling over: big enough to make few files, small enough to free disk soon after
 a checkpoint (only whole segments are deleted)."""
 _IOV_MAX = 512  # buffers per writev call: below Linux's IOV_MAX of 1024, with room for the headers
-
-
-class _Pending:
-    __slots__ = ("end", "error", "future", "loop", "n_records", "payloads")
-
-    def __init__(self, payloads: list[tuple[int, bytes]], n_records: int,
-                 loop: asyncio.AbstractEventLoop, future: asyncio.Future[int]) -> None:
-        self.payloads, self.n_records, self.loop, self.future = payloads, n_records, loop, future
-        self.end = 0
-        self.error: BaseException | None = None
 
 
 class IntakeLog:
@@ -93,12 +83,10 @@ class IntakeLog:
         self.records_appended = 0
         self.syncs = 0
         """fsyncs done (with group commit, fewer than appends under load)"""
-        # the segment list and the tail file are shared by the writer thread and the flow (reading,
-        # truncating), which may run in yet another thread (tidegauge.server.flowthread)
+        # the segment list and the tail file are shared by the server (appending) and the flow (reading,
+        # truncating), which may run in another thread (tidegauge.server.flowthread)
         self._lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._writer: threading.Thread | None = None
+        self._sync_lock = asyncio.Lock()
         self._closing = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop | None, asyncio.Event]] = []
 
@@ -140,69 +128,53 @@ class IntakeLog:
         Returns the log offset after the request. Raises ``OSError`` if it could not be written (nothing
         of it is then in the log).
         """
-        payloads: list[tuple[int, bytes]] = []
+        parts: list[bytes] = []
         if n_accepted:
-            payloads.append((ACCEPTED, accepted))
+            parts += _frame(ACCEPTED, accepted)
         if rejects:
-            payloads.append((REJECTED, msgspec.msgpack.encode(rejects)))
-        if not payloads:
+            parts += _frame(REJECTED, msgspec.msgpack.encode(rejects))
+        if not parts:
             return self.end
-        loop = asyncio.get_running_loop()
-        item = _Pending(payloads, n_accepted + len(rejects), loop, loop.create_future())
-        with self._cond:
-            if self._closing:
-                raise OSError(f"intake log {self.dir} is closed")
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="tidegauge-intake", daemon=True)
-                self._writer.start()
-            self._queue.append(item)
-            self._cond.notify()
-        return await item.future
+        if self._closing:
+            raise OSError(f"intake log {self.dir} is closed")
+        if self.end - self._segments[-1] >= self.segment_bytes:
+            await self._roll()
+        size = sum(len(p) for p in parts)
+        with self._lock:
+            self._writev(parts, size)
+            self.end += size
+            end = self.end
+        self.records_appended += n_accepted + len(rejects)
+        self._times.append((end, time.perf_counter()))
+        if self.durability == "fsync":
+            await self._sync(end)
+        else:
+            self.durable = max(self.durable, end)
+        self._notify()
+        return end
 
-    def _write_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                group, self._queue = self._queue, []
-                if not group:
-                    return
-            self._write_group(group)
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
-            for item in group:
-                by_loop.setdefault(item.loop, []).append(item)
-            for loop, items in by_loop.items():
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(_settle, items)
-            self._notify()
+    async def _sync(self, end: int) -> None:
+        # group commit: whoever holds the lock fsyncs everything written so far, the others find it done
+        async with self._sync_lock:
+            if self.durable >= end:
+                return
+            target, fd = self.end, self._fd
+            await asyncio.to_thread(os.fsync, fd)
+            self.syncs += 1
+            self.durable = max(self.durable, target)
 
-    def _write_group(self, group: list[_Pending]) -> None:
-        try:
-            if self.end - self._segments[-1] >= self.segment_bytes:
-                self._roll()
-            parts: list[bytes] = []
-            for item in group:
-                for kind, payload in item.payloads:
-                    k = _KINDS[kind]
-                    parts += (_HEADER.pack(len(payload) + 1, zlib.crc32(payload, zlib.crc32(k))) + k, payload)
-            size = sum(len(p) for p in parts)
-            with self._lock:
-                self._writev(parts, size)
-                start, self.end = self.end, self.end + size
+    async def _roll(self) -> None:
+        # under the sync lock: no fsync of the old file is in flight while it is closed
+        async with self._sync_lock:
+            if self.end - self._segments[-1] < self.segment_bytes:
+                return
+            old = self._fd
             if self.durability == "fsync":
-                os.fsync(self._fd)
-                self.syncs += 1
-        except OSError as exc:
-            for item in group:
-                item.error = exc
-            return
-        now = time.perf_counter()
-        for item in group:
-            start += sum(_HEADER.size + 1 + len(p) for _, p in item.payloads)
-            item.end = start
-            self._times.append((start, now))
-            self.records_appended += item.n_records
-        self.durable = self.end
+                await asyncio.to_thread(os.fsync, old)  # the old segment's tail, before its file is left
+            with self._lock:
+                self._segments.append(self.end)
+                self._fd = self._open_tail()
+            os.close(old)
 
     def _writev(self, parts: list[bytes], size: int) -> None:
         written = 0
@@ -217,15 +189,6 @@ class IntakeLog:
             # cut what was partly written (disk full...): later frames must not follow a torn one
             os.ftruncate(self._fd, self.end - self._segments[-1])
             raise
-
-    def _roll(self) -> None:
-        old = self._fd
-        if self.durability == "fsync":
-            os.fsync(old)  # the old segment's tail, before its file is left behind
-        with self._lock:
-            self._segments.append(self.end)
-            self._fd = self._open_tail()
-        os.close(old)
 
     def _notify(self) -> None:
         try:
@@ -303,26 +266,17 @@ class IntakeLog:
             self.start = self._segments[0]
 
     def close(self) -> None:
-        """Finish the appends already queued, stop the writer thread and close the tail file."""
-        with self._cond:
-            if self._closing:
-                return
-            self._closing = True
-            self._cond.notify()
-            writer = self._writer
-        if writer is not None:
-            writer.join()
+        """Close the tail file (appends after this raise ``OSError``)."""
+        if self._closing:
+            return
+        self._closing = True
         os.close(self._fd)
 
 
-def _settle(items: list[_Pending]) -> None:
-    for item in items:
-        if item.future.done():  # the request was cancelled (client gone): its records are in the log anyway
-            continue
-        if item.error is not None:
-            item.future.set_exception(item.error)
-        else:
-            item.future.set_result(item.end)
+def _frame(kind: int, payload: bytes) -> list[bytes]:
+    """A frame as the pieces to write: header with the kind byte, then the payload untouched."""
+    k = _KINDS[kind]
+    return [_HEADER.pack(len(payload) + 1, zlib.crc32(payload, zlib.crc32(k))) + k, payload]
 
 
 def _bisect(segments: list[int], offset: int) -> int:
