@@ -12,7 +12,7 @@ that covers it is written (``ack(position)`` deletes whole segments before the c
 After a crash the source replays the log from the last checkpoint. With ``durability="os"`` the append is
 only written to the operating system (survives a process crash, not a power loss).
 
-The log's format and its fsync policy (group commit across requests, in a writer thread) are described
+The log's format and its fsync policy (fsync group-committed across requests) are described
 in :mod:`tidegauge.connectors.intake`.
 """
 
@@ -214,7 +214,7 @@ class HttpIngestSourceLogic:
             self.log.truncate_before(position.offset)
 
     async def close(self) -> None:
-        """Stop reading and close the log (its writer thread and file); a later build opens it again."""
+        """Stop reading and close the log (its file); a later build opens it again."""
         self.closed = True
         self.log.remove_waiter(self._event)
         if self.d._log is self.log:

@@ -1,4 +1,4 @@
-"""The durable intake log behind HTTP ingest: segmented, checksummed, group-committed by a writer thread.
+"""The durable intake log behind HTTP ingest: segmented, checksummed, fsync group-committed.
 
 The server appends each request's records (:meth:`IntakeLog.append`) and answers 2xx once the append is
 durable; :class:`~tidegauge.connectors.http.HttpIngestSource` reads the log from its checkpointed position.
