@@ -9,6 +9,7 @@ Latency: readings posted at ``--rate`` readings/s (batches of 100, each reading 
 ``sent_at``); the flow's sink records ``now - sent_at`` per detector output row: post to detector output.
 
 usage: python benchmarks/http_ingest.py [--duration 10] [--conc 8] [--rate 10000] [--durability fsync]
+[--flow thread|loop]
 Internal modes: ``--serve PORT DIR DURABILITY`` (the tidegauge server), ``--load URL BATCH SECONDS CONC``.
 """
 
@@ -64,7 +65,7 @@ class _LatencySink:
     async def close(self) -> None: ...
 
 
-def serve_main(port: int, tmp: Path, durability: str, result_file: Path) -> None:
+def serve_main(port: int, tmp: Path, durability: str, result_file: Path, flow_mode: str = "thread") -> None:
     import uvloop
 
     from tidegauge.connectors.http import READING_SCHEMA, HttpIngestSource
@@ -79,7 +80,7 @@ def serve_main(port: int, tmp: Path, durability: str, result_file: Path) -> None
     flow.source(source).detect(ZScore(["temperature"], key="sensor_id")).sink(sink)  # type: ignore[arg-type]
     runner = Runner(flow, checkpoint=CheckpointConfig(tmp / "cp", interval="2s"), max_delay="1ms")
     config = ServerConfig(port=port, tokens=[TokenConfig("bench", ["ingest", "read"], hash=hash_token(TOKEN))],
-                          max_body_bytes="16MiB", open_metrics=True)
+                          max_body_bytes="16MiB", open_metrics=True, flow=flow_mode)  # type: ignore[arg-type]
 
     uvloop.run(serve(runner, config))
     lat = sorted(sink.lat)
@@ -198,6 +199,8 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--durability", default="fsync", choices=["fsync", "os"])
+    ap.add_argument("--flow", default="thread", choices=["thread", "loop"],
+                    help="server.flow: the flow in its own thread (default) or in the server's event loop")
     args = ap.parse_args()
     plain, ours = [], []
     for _ in range(args.reps):
@@ -212,7 +215,7 @@ def main() -> None:
             _stop(ref)
         with tempfile.TemporaryDirectory() as tmp:
             port = _port()
-            srv = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp, args.durability])
+            srv = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp, args.durability, args.flow])
             try:
                 _wait_port(port)
                 ours.append(_run_load(f"http://127.0.0.1:{port}/api/v1/ingest", args))
@@ -221,7 +224,7 @@ def main() -> None:
         print(f"plain {plain[-1]}\ntidegauge {ours[-1]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         port = _port()
-        srv = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp, args.durability])
+        srv = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp, args.durability, args.flow])
         try:
             _wait_port(port)
             import uvloop
@@ -233,13 +236,14 @@ def main() -> None:
     p = statistics.median(r["readings_per_s"] for r in plain)
     o = statistics.median(r["readings_per_s"] for r in ours)
     print(json.dumps({"plain_readings_per_s": round(p), "tidegauge_readings_per_s": round(o),
-                      "ratio": round(o / p, 3), "durability": args.durability,
+                      "ratio": round(o / p, 3), "durability": args.durability, "flow": args.flow,
                       "latency_rate": args.rate, **paced, **latency}, indent=1))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve_main(int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], Path(sys.argv[3]) / "result.json")
+        serve_main(int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], Path(sys.argv[3]) / "result.json",
+                   sys.argv[5] if len(sys.argv) > 5 else "thread")
     elif len(sys.argv) > 1 and sys.argv[1] == "--load":
         load_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
     else:

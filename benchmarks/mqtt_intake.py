@@ -9,7 +9,13 @@ subscribe, start a publisher process (paho, pre-built IoT readings), and count r
 - ``tidegauge``: ``MqttSource(...).build(None)`` drained with ``next_batch`` into polars DataFrames, key
   taken from the topic template.
 
-Usage: ``python benchmarks/mqtt_intake.py [N] [QOS] [ROUNDS]`` (default 100000 0 3); prints one JSON line.
+Latency: then a publisher process sends ``RATE`` readings/s (default 10,000, one message each, stamped with
+``sent_at``) for ``SECONDS`` (default 10, after 2 s of warm-up) through the same broker into a flow
+``MqttSource -> ZScore detector -> sink``; the sink records ``now - sent_at`` per detector output row:
+publish to detector output, p50/p99.
+
+Usage: ``python benchmarks/mqtt_intake.py [N] [QOS] [ROUNDS] [RATE] [SECONDS]`` (default 100000 0 3 10000 10);
+prints one JSON line.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import paho.mqtt.client as paho
@@ -52,6 +59,82 @@ for info in infos:
     info.wait_for_publish(600)
 c.disconnect(); c.loop_stop()
 """
+
+
+PACED = r"""
+import sys, time, threading, msgspec, paho.mqtt.client as mqtt
+port, rate, seconds, warm = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+ok = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+c.on_connect = lambda *a: ok.set()
+c.connect("127.0.0.1", port); c.loop_start(); ok.wait(10)
+start, i, sent = time.perf_counter(), 0, 0
+while (el := time.perf_counter() - start) < seconds + warm:
+    stamp = time.time() if el >= warm else None
+    for _ in range(int(el * rate) - i):
+        c.publish(f"sensors/S{i % 10000:05d}/telemetry", msgspec.json.encode(
+            {"timestamp": f"2026-11-22T00:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z",
+             "temperature": 20.0 + i % 7, "sent_at": stamp}), qos=0)
+        i += 1
+        sent += stamp is not None
+    time.sleep(0.002)
+c.disconnect(); c.loop_stop()
+print(sent, flush=True)
+"""
+
+
+class _LatencySink:
+    guarantee = "at-least-once"
+    snapshot_type = None
+    name = "latency"
+
+    def __init__(self) -> None:
+        self.lat: list[float] = []
+
+    def build(self, resume_state: object) -> _LatencySink:
+        return self
+
+    async def write_batch(self, df: Any) -> None:
+        if "sent_at" in df.columns:
+            now = time.time()
+            self.lat.extend((now - df["sent_at"].drop_nulls()).to_list())
+
+    async def pre_commit(self, epoch: int) -> None: ...
+    async def commit(self, epoch: int) -> None: ...
+    def snapshot(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def run_latency(port: int, rate: int, seconds: float) -> dict[str, float]:
+    from tidegauge.dataflow import Flow, Runner
+    from tidegauge.detectors import ZScore
+
+    source = MqttSource("sensors/+/telemetry", connection=MqttConnection(port=port), qos=0,
+                        template="sensors/{sensor_id}/telemetry")
+    sink = _LatencySink()
+    flow = Flow("mqtt-latency")
+    flow.source(source).detect(ZScore(["temperature"], key="sensor_id")).sink(sink)  # type: ignore[arg-type]
+    runner = Runner(flow, max_delay="1ms")
+    task = asyncio.create_task(runner.run_async())
+    while source.logic is None or not source.logic.subscribed.is_set():
+        await asyncio.sleep(0.01)
+    pub = await asyncio.create_subprocess_exec(sys.executable, "-c", PACED, str(port), str(rate), str(seconds),
+                                               "2", stdout=asyncio.subprocess.PIPE)
+    out, _ = await pub.communicate()
+    sent = int(out.decode().strip() or 0)
+    for _ in range(200):  # the last messages' way through
+        if len(sink.lat) >= sent:
+            break
+        await asyncio.sleep(0.01)
+    runner.stop()
+    await task
+    lat = sorted(sink.lat)
+
+    def q(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
+
+    return {"latency_rate": rate, "latency_sent": sent, "latency_measured": len(lat), "p50_ms": q(0.5),
+            "p99_ms": q(0.99), "max_ms": q(1.0)}
 
 
 class Reading(msgspec.Struct):
@@ -130,6 +213,8 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     qos = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    rate = int(sys.argv[4]) if len(sys.argv) > 4 else 10_000
+    seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="tg-mqtt-bench-"))
@@ -147,13 +232,15 @@ def main() -> None:
             got, s = asyncio.run(run_tidegauge(port, qos, n))
             rates["tidegauge"].append(got / s)
             lost["tidegauge"] += n - got
+        latency = asyncio.run(run_latency(port, rate, seconds))
     finally:
         broker.terminate()
         broker.wait()
     paho_rate, tg_rate = statistics.median(rates["paho"]), statistics.median(rates["tidegauge"])
     print(json.dumps({"messages": n, "qos": qos, "rounds": rounds, "paho_msgs_per_s": round(paho_rate),
                       "tidegauge_readings_per_s": round(tg_rate), "ratio": round(tg_rate / paho_rate, 3),
-                      "lost": lost, "all_rates": {k: [round(r) for r in v] for k, v in rates.items()}}))
+                      "lost": lost, "all_rates": {k: [round(r) for r in v] for k, v in rates.items()},
+                      **latency}))
 
 
 if __name__ == "__main__":

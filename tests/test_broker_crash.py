@@ -74,12 +74,17 @@ def sentinel() -> bytes:
 
 
 class Publisher(threading.Thread):
-    """Publishes the readings to the stream (the first ``head`` at once, the rest at ``LIVE_RATE``/s)."""
+    """Publishes the readings to the stream (the first ``head`` at once, the rest at ``LIVE_RATE``/s).
+
+    The last message (and the sentinel) wait for ``finish``: on a loaded machine the restarts can take
+    longer than the whole stream, and every kill must come before the stream is complete.
+    """
 
     def __init__(self, stream: str, df: pl.DataFrame, head: int) -> None:
         super().__init__(daemon=True)
         self.stream, self.df, self.head = stream, df, head
         self.error: BaseException | None = None
+        self.finish = threading.Event()
 
     def run(self) -> None:
         try:
@@ -92,6 +97,8 @@ class Publisher(threading.Thread):
         js = nc.jetstream()
         start = time.monotonic()
         for offset in range(0, self.df.height, PER_MESSAGE):
+            if offset + PER_MESSAGE >= self.df.height:
+                await asyncio.to_thread(self.finish.wait, TIMEOUT_S)
             part = self.df.slice(offset, PER_MESSAGE)
             await js.publish(f"{self.stream}.readings", part.write_json().encode())
             if offset >= self.head:
@@ -190,7 +197,8 @@ def test_sigkilled_broker_pipeline_gives_identical_table(tmp_path: Path) -> None
             if proc.stderr is not None:
                 proc.stderr.close()
             epochs.append(max(p.name for p in state.glob("chk-*")))
-        assert publisher.is_alive(), "the stream was fully published before the last kill: make it longer"
+        assert publisher.is_alive(), "the stream was fully published before the last kill"
+        publisher.finish.set()
         run_to_completion(tidegauge(dirs["crashed"]), tables["crashed"], want)
         publisher.join(TIMEOUT_S)
         assert publisher.error is None, publisher.error

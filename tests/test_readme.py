@@ -37,7 +37,7 @@ def test_python_example_runs(readings_dir: Path) -> None:
 
 
 def test_pipeline_file_example_runs(readings_dir: Path) -> None:
-    (yaml_text,) = [b for b in blocks("yaml") if "source:" in b]
+    (yaml_text,) = [b for b in blocks("yaml") if b.startswith("# pipeline.yaml")]
     (readings_dir / "pipeline.yaml").write_text(yaml_text)
     done = subprocess.run([sys.executable, "-m", "tidegauge", "run", "pipeline.yaml"], capture_output=True,
                           text=True, cwd=readings_dir)
@@ -49,7 +49,7 @@ def test_pipeline_file_example_runs(readings_dir: Path) -> None:
 
 
 def test_bad_pipeline_error_shown_in_readme_is_real(readings_dir: Path) -> None:
-    (yaml_text,) = [b for b in blocks("yaml") if "source:" in b]
+    (yaml_text,) = [b for b in blocks("yaml") if b.startswith("# pipeline.yaml")]
     (readings_dir / "pipeline.yaml").write_text(yaml_text.replace("interval: 1s", "intervall: 1s"))
     done = subprocess.run([sys.executable, "-m", "tidegauge", "run", "pipeline.yaml"], capture_output=True,
                           text=True, cwd=readings_dir)
@@ -59,7 +59,7 @@ def test_bad_pipeline_error_shown_in_readme_is_real(readings_dir: Path) -> None:
 
 
 def test_alerting_example_runs(readings_dir: Path) -> None:
-    (pipeline,) = [b for b in blocks("yaml") if "source:" in b]
+    (pipeline,) = [b for b in blocks("yaml") if b.startswith("# pipeline.yaml")]
     (rules,) = [b for b in blocks("yaml") if b.startswith("# rules.yaml")]
     (section,) = [b for b in blocks("yaml") if b.startswith("# add to pipeline.yaml")]
     (readings_dir / "pipeline.yaml").write_text(pipeline + section)
@@ -82,3 +82,15 @@ def test_alerting_example_runs(readings_dir: Path) -> None:
     assert still and still <= got <= ever and len(ever) < windows["sensor_id"].n_unique()
     assert {a["state"] for a in alerts if a["rule"] == "Overheating"} == {"pending"}
     assert all(a["labels"]["team"] == "plant" for a in alerts if a["rule"] == "Overheating")
+
+
+def test_server_example_is_a_valid_pipeline_file(tmp_path: Path) -> None:
+    from tidegauge.pipeline import build_pipeline, load_pipeline, server_config
+
+    (yaml_text,) = [b for b in blocks("yaml") if b.startswith("# served.yaml")]
+    (tmp_path / "served.yaml").write_text(yaml_text)
+    config = load_pipeline(tmp_path / "served.yaml")
+    server = server_config(config, base_dir=tmp_path)
+    assert server is not None and server.tls is not None and server.history.postgres is not None
+    assert [t.name for t in server.tokens] == ["gateway", "device-7", "ops"]
+    build_pipeline(config, base_dir=tmp_path)

@@ -23,9 +23,10 @@
 Sources: ``{file: PATH, format?, speed?}``, ``{simulator: {sensors, rate, seed, ...}, limit?}``,
 ``{mqtt: {topics, host, port, qos, session, ack, template, ...}}``,
 ``{nats: {stream, subject, durable, servers, ack_wait, ...}}``, ``{redis: {key, group, consumer, url}}``,
-``{http: {log_dir, durability, max_lag, schema}}``.
+``{http: {log_dir, durability, max_lag, schema}}``, ``{kafka: {topics, group, bootstrap, config, key_column}}``.
 Sinks: ``{file: PATH}``, ``{postgres: {table, key, conninfo, create}}``, ``{mqtt: {topic, ...}}``,
-``{nats: {subject, servers, id_columns}}``, ``{redis: {key, url, maxlen}}``. Each connector's module (and its
+``{nats: {subject, servers, id_columns}}``, ``{redis: {key, url, maxlen}}``,
+``{kafka: {topic, bootstrap, key_column, id_columns, transactional_id, config}}``. Each connector's module (and its
 client library, an extra such as ``tidegauge[nats]``) is imported only when a file uses it.
 Steps: ``filter``, ``select``, ``with_columns``, ``key_by``, ``enrich``, ``window``, ``detect``, ``cloud_only``
 (with a ``coordinator:``: keeps the readings of sensors whose detection runs upstream; put it before ``detect``).
@@ -97,6 +98,15 @@ class RedisSourceSection(msgspec.Struct, **_Strict):
     schema: dict[str, ColumnType] | None = None
 
 
+class KafkaSourceSection(msgspec.Struct, **_Strict):
+    topics: str | list[str]
+    group: str
+    bootstrap: str = "127.0.0.1:9092"
+    config: dict[str, str | int | float | bool] | None = None
+    key_column: str | None = None
+    schema: dict[str, ColumnType] | None = None
+
+
 class HttpSourceSection(msgspec.Struct, **_Strict):
     log_dir: str = "intake"
     durability: Literal["fsync", "os"] = "fsync"
@@ -111,6 +121,7 @@ class SourceConfig(msgspec.Struct, **_Strict):
     nats: NatsSourceSection | None = None
     redis: RedisSourceSection | None = None
     http: HttpSourceSection | None = None
+    kafka: KafkaSourceSection | None = None
     format: Literal["csv", "jsonl", "parquet"] | None = None
     speed: float | None = None
     limit: int | None = None
@@ -150,6 +161,15 @@ class RedisSinkSection(msgspec.Struct, **_Strict):
     maxlen: int | None = None
 
 
+class KafkaSinkSection(msgspec.Struct, **_Strict):
+    topic: str
+    bootstrap: str = "127.0.0.1:9092"
+    key_column: str | None = None
+    id_columns: list[str] | None = None
+    transactional_id: str | None = None
+    config: dict[str, str | int | float | bool] | None = None
+
+
 class SinkConfig(msgspec.Struct, **_Strict):
     file: str | None = None
     postgres: PostgresSinkSection | None = None
@@ -158,12 +178,13 @@ class SinkConfig(msgspec.Struct, **_Strict):
     redis: RedisSinkSection | None = None
     outbox: str | None = None
     """an edge outbox stream (forwarded upstream; only under ``tidegauge agent --pipeline``)"""
+    kafka: KafkaSinkSection | None = None
     format: Literal["csv", "jsonl", "parquet"] | None = None
     name: str | None = None
 
 
-_SOURCE_KINDS = ("file", "simulator", "mqtt", "nats", "redis", "http")
-_SINK_KINDS = ("file", "postgres", "mqtt", "nats", "redis", "outbox")
+_SOURCE_KINDS = ("file", "simulator", "mqtt", "nats", "redis", "http", "kafka")
+_SINK_KINDS = ("file", "postgres", "mqtt", "nats", "redis", "kafka", "outbox")
 
 
 class WindowConfig(msgspec.Struct, **_Strict):
@@ -329,7 +350,7 @@ def server_config(config: PipelineConfig, *, base_dir: str | Path = ".", host: s
 def _relative_to(server: ServerConfig, base: Path) -> ServerConfig:
     """``server`` with its file paths (history, TLS, intake) taken relative to the pipeline file's directory."""
     h = server.history
-    history = msgspec.structs.replace(h, **{
+    history = h if h.postgres is not None else msgspec.structs.replace(h, **{  # postgres: table names
         f: str(base / getattr(h, f)) + ("/" if getattr(h, f).endswith("/") else "")
         for f in ("readings", "windows", "anomalies", "dead_letters") if getattr(h, f) is not None})
     tls = server.tls if server.tls is None else msgspec.structs.replace(
@@ -488,6 +509,12 @@ def _source(s: SourceConfig, base: Path, i: int, config: PipelineConfig) -> Any:
                                schema=_schema(r.schema), name=s.name)
         if s.http is not None:
             return _http_source(s.http, base, key=s.key or config.key, time=s.time or default_time, name=s.name)
+        if s.kafka is not None:
+            from tidegauge.connectors.kafka import KafkaSource
+
+            k = s.kafka
+            return KafkaSource(k.topics, group=k.group, bootstrap=k.bootstrap, config=k.config,
+                               key_column=k.key_column, schema=_schema(k.schema), name=s.name)
     except (ValueError, TypeError, ConfigError) as exc:
         kind = next(k for k in _SOURCE_KINDS if getattr(s, k) is not None)
         raise ConfigError(f"{where}.{kind}: {exc}") from None
@@ -571,6 +598,12 @@ def _sink(s: SinkConfig, base: Path, where: str) -> Any:
             from tidegauge.edge.sink import pipeline_outbox_sink
 
             return pipeline_outbox_sink(s.outbox, name=s.name)
+        if s.kafka is not None:
+            from tidegauge.connectors.kafka import KafkaSink
+
+            k = s.kafka
+            return KafkaSink(k.topic, bootstrap=k.bootstrap, key_column=k.key_column, id_columns=k.id_columns,
+                             transactional_id=k.transactional_id, config=k.config, name=s.name)
     except (ValueError, TypeError) as exc:
         kind = next(k for k in _SINK_KINDS if getattr(s, k) is not None)
         raise ConfigError(f"{where}.{kind}: {exc}") from None

@@ -7,9 +7,15 @@ when ``TIDEGAUGE_REQUIRE_SERVERS=1`` is set (CI sets it, so a missing server is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +77,39 @@ async def run_until(flow: object, sink: object, rows: int, *, timeout: float = 3
         await asyncio.sleep(0.02)
     runner.stop()
     return await task
+
+
+@contextlib.contextmanager
+def private_mosquitto(tmp: Path, *, cert: Path | None = None, key: Path | None = None) -> Iterator[int]:
+    """A Mosquitto of the test's own on a free port (TLS with ``cert``/``key``); yields the port.
+
+    For what the shared broker on 1883 cannot give: a TLS listener, and ``max_queued_messages 0`` (the
+    setting the docs tell users to make; the shared broker keeps the default of 1,000, which drops).
+    """
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.fail("mosquitto is not installed (the broker tests need it: apt-get install -y mosquitto)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    tls = f"certfile {cert}\nkeyfile {key}\n" if cert is not None else ""
+    conf = tmp / f"mosquitto-{port}.conf"
+    # user root: mosquitto started as root would switch to its own user, who cannot read pytest's tmp dir
+    conf.write_text(f"user root\npersistence false\nlistener {port} 127.0.0.1\n{tls}allow_anonymous true\n"
+                    "max_queued_messages 0\nmax_inflight_messages 0\n")
+    log = tmp / f"mosquitto-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError(f"mosquitto exited: {log.read_text()}") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -43,6 +43,8 @@ def serve(
         "--edge-db", help="Accept edge agents' batches (POST /api/v1/edge/batches), de-duplicated in this SQLite "
         "file: stream X goes to the http source named edge_X, others to the first http source.",
         envvar="TIDEGAUGE_EDGE_DB", show_envvar=True)] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="Log lines as 'text' or 'json' (one object each).",
+                                            envvar="TIDEGAUGE_LOG_FORMAT", show_envvar=True)] = "text",
 ) -> None:
     """Run a pipeline and its HTTP server until Ctrl-C (then checkpoint and stop)."""
     from tidegauge.server import hash_token as _hash
@@ -50,6 +52,8 @@ def serve(
     if hash_token is not None:
         typer.echo(_hash(hash_token))
         return
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format {log_format!r}: use 'text' or 'json'")
     from tidegauge.pipeline import build_pipeline, load_pipeline
 
     loaded = load_pipeline(pipeline)

@@ -12,11 +12,8 @@ that covers it is written (``ack(position)`` deletes whole segments before the c
 After a crash the source replays the log from the last checkpoint. With ``durability="os"`` the append is
 only written to the operating system (survives a process crash, not a power loss).
 
-Log format: segment files ``<first offset:020d>.seg``; each frame is ``<u32 length><u32 crc32>`` then a
-body of ``length`` bytes: ``<u8 kind>`` and the payload (the checksum covers the body). Kind 1: NDJSON
-of accepted records; kind 2: msgpack list of
-``[reason, payload]`` rejects. A position is a global byte offset over all segments. A torn tail (partial
-frame or bad checksum: never acknowledged) is cut off when the log is opened.
+The log's format and its fsync policy (fsync group-committed across requests) are described
+in :mod:`tidegauge.connectors.intake`.
 """
 
 from __future__ import annotations
@@ -24,11 +21,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
-import struct
-import time
-import zlib
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -36,203 +28,23 @@ from typing import Literal
 import msgspec
 import polars as pl
 
-from tidegauge.checkpoint._fs import fsync_dir
 from tidegauge.connectors.base import Guarantee
+from tidegauge.connectors.intake import ACCEPTED, REJECTED, IntakeLog
 from tidegauge.dataflow.base import ERROR, RAW
-from tidegauge.errors import ConnectorError
 
-__all__ = ["READING_SCHEMA", "FieldType", "HttpIngestSnapshot", "HttpIngestSource", "IntakeLog"]
+__all__ = ["ACCEPTED", "READING_SCHEMA", "REJECTED", "FieldType", "HttpIngestSnapshot", "HttpIngestSource", "IntakeLog"]
 
 logger = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("<II")  # length of the body (kind byte + payload), crc32 of the body
-ACCEPTED, REJECTED = 1, 2
-_SEGMENT_BYTES = 64 * 1024 * 1024
-"""Segment size before rolling over: big enough to make few files, small enough to free disk soon after
-a checkpoint (only whole segments are deleted)."""
+_PARSE_IN_THREAD_BYTES = 32 * 1024
+"""Batches at least this big are parsed in a worker thread: below it, the hop (tens of microseconds) costs
+more than it saves and adds latency at low rates."""
 
 
 class HttpIngestSnapshot(msgspec.Struct, frozen=True, tag="tidegauge.http-ingest.v1"):
     """Position in the intake log: the byte offset after the last frame handed out."""
 
     offset: int
-
-
-class IntakeLog:
-    """An append-only, segmented, checksummed log of ingest requests, with group commit.
-
-    Parameters
-    ----------
-    dir:
-        Directory of the segment files (created if missing).
-    durability:
-        ``"fsync"``: :meth:`append` returns once the bytes are on stable storage (one fsync covers every
-        append waiting at that moment: group commit); ``"os"``: once written to the operating system.
-    segment_bytes:
-        Size at which a new segment file is started.
-    """
-
-    def __init__(self, dir: str | Path, *, durability: str = "fsync", segment_bytes: int = _SEGMENT_BYTES) -> None:
-        if durability not in ("fsync", "os"):
-            raise ValueError(f"durability={durability!r}: use 'fsync' or 'os'")
-        if segment_bytes < 1024:
-            raise ValueError(f"segment_bytes={segment_bytes}: use at least 1024")
-        self.dir = Path(dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.durability = durability
-        self.segment_bytes = segment_bytes
-        self._segments: list[int] = sorted(int(p.stem) for p in self.dir.glob("*.seg"))
-        self.end = self._recover()
-        self.durable = self.end
-        self.start = self._segments[0] if self._segments else self.end
-        self._fd = self._open_tail()
-        # (frame end offset, append time), for the ingest-to-output latency; bounded so that nobody
-        # reading it cannot grow memory (older entries are simply not measured)
-        self._times: deque[tuple[int, float]] = deque(maxlen=100_000)
-        self.records_appended = 0
-        self._sync_lock = asyncio.Lock()
-        self._waiters: list[asyncio.Event] = []
-
-    # -- writing -----------------------------------------------------------------------------------
-    def _recover(self) -> int:
-        if not self._segments:
-            return 0
-        last = self._segments[-1]
-        path = self._path(last)
-        data = path.read_bytes()
-        pos = 0
-        while pos + _HEADER.size <= len(data):
-            length, crc = _HEADER.unpack_from(data, pos)
-            body = data[pos + _HEADER.size:pos + _HEADER.size + length]
-            if length < 1 or len(body) < length or zlib.crc32(body) != crc:
-                break
-            pos += _HEADER.size + length
-        if pos != len(data):
-            logger.warning("intake log %s: cutting a torn tail of %d bytes (never acknowledged)", path, len(data) - pos)
-            with open(path, "r+b") as f:
-                f.truncate(pos)
-                os.fsync(f.fileno())
-        return last + pos
-
-    def _path(self, first: int) -> Path:
-        return self.dir / f"{first:020d}.seg"
-
-    def _open_tail(self) -> int:
-        if not self._segments:
-            self._segments.append(self.end)
-        fd = os.open(self._path(self._segments[-1]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        fsync_dir(self.dir)
-        return fd
-
-    async def append(self, accepted: bytes, n_accepted: int, rejects: list[tuple[str, str]]) -> int:
-        """Append one request (NDJSON of accepted records, rejects as ``(reason, payload)``); durable on return.
-
-        Returns the log offset after the request.
-        """
-        buf = bytearray()
-        if n_accepted:
-            buf += _frame(ACCEPTED, accepted)
-        if rejects:
-            buf += _frame(REJECTED, msgspec.msgpack.encode(rejects))
-        if not buf:
-            return self.end
-        if self.end - self._segments[-1] >= self.segment_bytes:
-            os.close(self._fd)
-            self._segments.append(self.end)
-            self._fd = self._open_tail()
-        os.write(self._fd, buf)
-        self.end += len(buf)
-        self.records_appended += n_accepted + len(rejects)
-        self._times.append((self.end, time.perf_counter()))
-        end = self.end
-        if self.durability == "fsync":
-            await self._sync(end)
-        else:
-            self.durable = max(self.durable, end)
-        self._notify()
-        return end
-
-    async def _sync(self, end: int) -> None:
-        # group commit: whoever holds the lock fsyncs everything written so far, others find it done
-        async with self._sync_lock:
-            if self.durable >= end:
-                return
-            target, fd = self.end, self._fd
-            await asyncio.to_thread(os.fsync, fd)
-            self.durable = max(self.durable, target)
-
-    def _notify(self) -> None:
-        for ev in self._waiters:
-            ev.set()
-
-    def appended_at(self, offset: int) -> float | None:
-        """``perf_counter()`` time of the first frame ending after ``offset`` still remembered (for latency)."""
-        for end, t in self._times:
-            if end > offset:
-                return t
-        return None
-
-    def pop_times(self, upto: int) -> list[float]:
-        """Forget (and return) the append times of frames ending at or before ``upto``."""
-        out: list[float] = []
-        while self._times and self._times[0][0] <= upto:
-            out.append(self._times.popleft()[1])
-        return out
-
-    # -- reading and truncation --------------------------------------------------------------------
-    def read(self, offset: int, max_records: int) -> tuple[list[tuple[int, bytes]], int]:
-        """Frames ``(kind, payload)`` from ``offset`` up to the durable end (about ``max_records`` records)."""
-        if offset < self.start:
-            raise ConnectorError(
-                f"intake log {self.dir}: position {offset} was deleted (the log starts at {self.start}); "
-                "the checkpoint and the log do not belong together"
-            )
-        frames: list[tuple[int, bytes]] = []
-        idx = max(0, _bisect(self._segments, offset))
-        budget = max_records
-        while offset < self.durable and budget > 0 and idx < len(self._segments):
-            first = self._segments[idx]
-            seg_end = self._segments[idx + 1] if idx + 1 < len(self._segments) else self.durable
-            with open(self._path(first), "rb") as f:
-                f.seek(offset - first)
-                data = f.read(min(seg_end, self.durable) - offset)
-            pos = 0
-            while pos + _HEADER.size <= len(data) and budget > 0:
-                length, _crc = _HEADER.unpack_from(data, pos)
-                kind = data[pos + _HEADER.size]
-                payload = data[pos + _HEADER.size + 1:pos + _HEADER.size + length]
-                frames.append((kind, payload))
-                budget -= payload.count(b"\n") + 1 if kind == ACCEPTED else 1
-                pos += _HEADER.size + length
-            offset += pos
-            if offset >= seg_end:
-                idx += 1
-        return frames, offset
-
-    def truncate_before(self, offset: int) -> None:
-        """Delete whole segments that end at or before ``offset`` (never the one being written)."""
-        while len(self._segments) > 1 and self._segments[1] <= offset:
-            self._path(self._segments.pop(0)).unlink(missing_ok=True)
-        self.start = self._segments[0]
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def _frame(kind: int, payload: bytes) -> bytes:
-    body = bytes([kind]) + payload
-    return _HEADER.pack(len(body), zlib.crc32(body)) + body
-
-
-def _bisect(segments: list[int], offset: int) -> int:
-    lo, hi = 0, len(segments)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if segments[mid] <= offset:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
 
 
 FieldType = Literal["str", "float", "int", "bool", "timestamp"]
@@ -342,7 +154,7 @@ class HttpIngestSourceLogic:
         self.d, self.log, self.offset = d, log, offset
         self.closed = False
         self._event = asyncio.Event()
-        log._waiters.append(self._event)
+        log.add_waiter(self._event)
         self._read_schema = {f: _POLARS[t] for f, t in d.schema.items()}
 
     async def next_batch(self, max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
@@ -353,7 +165,13 @@ class HttpIngestSourceLogic:
             except TimeoutError:
                 return pl.DataFrame()
         frames, self.offset = self.log.read(self.offset, max_rows)
-        return self._to_frame(frames) if frames else pl.DataFrame()
+        if not frames:
+            return pl.DataFrame()
+        if sum(len(p) for _, p in frames) < _PARSE_IN_THREAD_BYTES:
+            return self._to_frame(frames)
+        # polars parses without the GIL: in a worker thread, the server keeps answering requests on the
+        # event loop meanwhile (on a second core) instead of waiting for the flow's parse
+        return await asyncio.to_thread(self._to_frame, frames)
 
     def _to_frame(self, frames: list[tuple[int, bytes]]) -> pl.DataFrame:
         ndjson = [p if p.endswith(b"\n") else p + b"\n" for k, p in frames if k == ACCEPTED]
@@ -396,9 +214,12 @@ class HttpIngestSourceLogic:
             self.log.truncate_before(position.offset)
 
     async def close(self) -> None:
+        """Stop reading and close the log (its file); a later build opens it again."""
         self.closed = True
-        if self._event in self.log._waiters:
-            self.log._waiters.remove(self._event)
+        self.log.remove_waiter(self._event)
+        if self.d._log is self.log:
+            self.d._log = None
+        await asyncio.to_thread(self.log.close)
 
 
 def _timestamp(col: pl.Expr) -> pl.Expr:

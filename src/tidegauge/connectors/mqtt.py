@@ -170,6 +170,7 @@ class MqttSource:
         self.template = TopicTemplate(template) if template else None
         self.schema = dict(schema) if schema else None
         self.name = name if name is not None else "mqtt"
+        self.logic: MqttSourceLogic | None = None
 
     @property
     def guarantee(self) -> Guarantee:
@@ -177,8 +178,9 @@ class MqttSource:
         return "at-least-once" if durable else "at-most-once"
 
     def build(self, resume_state: MqttSourceState | None) -> MqttSourceLogic:
-        """Connect (in the background, retrying) and subscribe."""
-        return MqttSourceLogic(self, 0 if resume_state is None else resume_state.received)
+        """Connect (in the background, retrying) and subscribe; the logic is kept as ``self.logic``."""
+        self.logic = MqttSourceLogic(self, 0 if resume_state is None else resume_state.received)
+        return self.logic
 
 
 class MqttSourceLogic:
@@ -195,6 +197,8 @@ class MqttSourceLogic:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unacked: deque[tuple[int, int, int]] = deque()  # (seq, mid, gen) handed out, PUBACK deferred
         self.subscribed = threading.Event()
+        self.paused = False
+        """whether the network thread is holding off the broker (the buffer is full: the flow is behind)"""
         c = d.connection.client(clean_session=d.session == "clean")
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_subscribe, c.on_message = self._on_subscribe, self._on_message
@@ -228,8 +232,10 @@ class MqttSourceLogic:
         cond, buf, cap = self._cond, self._buf, self._d.buffer
         if len(buf) >= cap:
             with cond:  # backpressure: hold the network thread, so the socket is not read
+                self.paused = True
                 while len(buf) >= cap and not self._closing:
                     cond.wait(0.5)
+                self.paused = False
         buf.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._gen))
         waiter = self._waiter
         if waiter is not None and self._loop is not None:
@@ -273,6 +279,10 @@ class MqttSourceLogic:
         return decode_payloads(
             [it[1] for it in items], topics=[it[0] for it in items], template=self._d.template, schema=self._d.schema
         )
+
+    def lag(self) -> int:
+        """Messages received from the broker and not yet handed to the flow (at most ``buffer``)."""
+        return len(self._buf)
 
     def snapshot(self) -> MqttSourceState:
         """Messages handed out so far."""
@@ -329,6 +339,7 @@ class MqttSink:
         self.connection = connection or MqttConnection()
         self.qos, self.retain = qos, retain
         self.name = name if name is not None else "mqtt"
+        self.logic: MqttSourceLogic | None = None
 
     @property
     def guarantee(self) -> Guarantee:

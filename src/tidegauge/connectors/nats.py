@@ -2,14 +2,21 @@
 
 Guarantees
 ----------
-:class:`NatsSource` acknowledges a message only in ``ack(position)``, i.e. after the checkpoint that covers
-it has been written. A crash therefore loses nothing: messages handed out but not acknowledged are
-redelivered by JetStream (after ``ack_wait``; at once after a clean stop, which NAKs them). A crash between
-writing the checkpoint and acknowledging redelivers messages the checkpoint already covers, so the source is
-**at-least-once**; with an idempotent sink (:class:`NatsSink`, the upserting PostgreSQL sink) the output is
-exactly-once. The consumer uses explicit acks, ``max_ack_pending`` unlimited by default (JetStream's
-default of 1,000 would stall intake between checkpoints) and ``ack_wait`` that must exceed the
-checkpoint interval, or messages are redelivered (duplicated) while the flow runs.
+:class:`NatsSource`: the checkpoint, not the consumer, is the resume point. Its position is the stream
+sequence of the last message handed to the flow; on start the source deletes its durable consumer and
+creates it again with ``deliver_policy=by_start_sequence`` at that sequence + 1 (``all`` when there is no
+checkpoint yet: everything the stream still holds). A crash therefore replays, in order and at once, every
+message after the last checkpoint, whether or not it had been fetched or acknowledged (waiting for
+``ack_wait`` redeliveries would reorder them). Messages are acknowledged only in ``ack(position)``, after
+the checkpoint covering them is written: acknowledgements are not the resume point, but with a work-queue
+or interest retention stream they are what lets JetStream delete messages, so none is deleted before a
+checkpoint covers it. Replayable source, so **exactly-once** with a transactional or idempotent sink
+(:class:`NatsSink`, the upserting PostgreSQL sink: see ``tests/test_broker_crash.py``), at-least-once with
+others. The consumer uses explicit acks, ``max_ack_pending`` unlimited by default (JetStream's default of
+1,000 would stall intake between checkpoints) and an ``ack_wait`` that should exceed the checkpoint
+interval (otherwise JetStream redelivers messages the flow already has while it runs: duplicates in
+flight, dropped again at the next start). Backpressure: the source fetches only when the runner asks for
+a batch, so a slow sink stops the fetching and messages wait in the stream (memory stays bounded).
 
 :class:`NatsSink` publishes each row as JSON with a ``Nats-Msg-Id`` header derived from the row (a hash of
 ``id_columns``, e.g. key and event time, or of the whole row), and ``pre_commit`` waits for every publish
@@ -94,7 +101,7 @@ class NatsSource:
     subject:
         Subject filter of the consumer, e.g. ``"sensors.>"``.
     durable:
-        The durable consumer's name: a restarted flow resumes where the consumer stands.
+        The durable consumer's name (re-created at each start at the checkpointed sequence + 1).
     connection:
         Servers and credentials.
     template:
@@ -109,7 +116,7 @@ class NatsSource:
     """
 
     snapshot_type: type | None = NatsSourceState
-    guarantee: Guarantee = "at-least-once"
+    guarantee: Guarantee = "exactly-once"  # replayable from the checkpoint: see the module docstring
 
     def __init__(
         self,
@@ -134,10 +141,12 @@ class NatsSource:
         self.max_ack_pending = max_ack_pending
         self.schema = dict(schema) if schema else None
         self.name = name if name is not None else "nats"
+        self.logic: NatsSourceLogic | None = None
 
     def build(self, resume_state: NatsSourceState | None) -> NatsSourceLogic:
-        """Logic that connects on its first batch; the consumer itself holds the resume point."""
-        return NatsSourceLogic(self, resume_state)
+        """Logic that connects on its first batch and resumes after ``resume_state``'s sequence."""
+        self.logic = NatsSourceLogic(self, resume_state)
+        return self.logic
 
 
 class NatsSourceLogic:
@@ -151,6 +160,7 @@ class NatsSourceLogic:
         self._delivered = state.delivered if state is not None else 0
         self._unacked: deque[tuple[int, str]] = deque()  # (delivered count, reply subject)
         self._fetch: asyncio.Task[list[Any]] | None = None
+        self._pending: int | None = None
 
     async def _ensure(self) -> Any:
         if self._sub is None:
@@ -197,9 +207,18 @@ class NatsSourceLogic:
             self._delivered += 1
             self._unacked.append((self._delivered, m.reply))
         self._seq = msgs[-1].metadata.sequence.stream
+        self._pending = msgs[-1].metadata.num_pending
         return decode_payloads(
             [m.data for m in msgs], topics=[m.subject for m in msgs], template=self._d.template, schema=self._d.schema
         )
+
+    def lag(self) -> int | None:
+        """Messages in the stream after the last one handed out, as JetStream reported with it (None: no fetch yet).
+
+        With a slow sink the runner stops asking for batches, fetching stops and this grows: the
+        pressure is visible here, while the messages wait in the stream, not in memory.
+        """
+        return self._pending
 
     def snapshot(self) -> NatsSourceState:
         """Stream sequence of the last message handed out."""

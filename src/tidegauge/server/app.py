@@ -41,6 +41,7 @@ from tidegauge._time import parse_duration
 from tidegauge.connectors.http import FieldType, HttpIngestSource
 from tidegauge.server.auth import Authenticator, Principal, RateLimiter
 from tidegauge.server.config import ServerConfig, resolve_tokens
+from tidegauge.server.flowthread import start_flow
 from tidegauge.server.ingest import error, ingest_http, ingest_ws, json_response
 from tidegauge.server.metrics import FlowCollector, LatencyTracker, ServerMetrics
 from tidegauge.server.openapi import openapi_schema
@@ -253,16 +254,21 @@ class _ObserveMiddleware:
             m.request_seconds.labels(route).observe(elapsed)
             if self.state.config.access_log:
                 # the path only: never the query string (a WebSocket access_token could be in it)
-                access_logger.info(json.dumps({"method": scope.get("method"), "path": path, "status": status,
-                                               "seconds": round(elapsed, 6),
-                                               "client": (scope.get("client") or ("", 0))[0]}))
+                fields = {"method": scope.get("method"), "path": path, "status": status,
+                          "seconds": round(elapsed, 6), "client": (scope.get("client") or ("", 0))[0]}
+                access_logger.info(json.dumps(fields), extra={"access": fields})
 
 
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
                 alerts: AlertManager | None = None, started: asyncio.Event | None = None,
                 handle_signals: bool = True, edge_receiver: EdgeReceiver | None = None,
                 coordinator: Coordinator | None = None, live: LiveState | None = None) -> Any:
-    """Run ``runner`` and the HTTP server in this event loop until the flow ends or a signal stops the server.
+    """Run ``runner`` and the HTTP server until the flow ends or a signal stops the server.
+
+    The server runs in this event loop; the flow in a thread of its own (``server.flow: thread``, the
+    default) or in this loop too (``loop``): see :mod:`tidegauge.server.flowthread`. With ``live``,
+    ``coordinator`` or ``edge_receiver`` the flow always runs in this loop: those share state with the
+    flow's steps and sources that is made for one event loop.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
     when ``handle_signals``, and only from the main thread) the server stops accepting requests, then the
@@ -291,7 +297,11 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
 
     uv = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                        access_log=False, lifespan="off", ws_max_size=state.body_limit, **tls))
-    flow_task = asyncio.create_task(runner.run_async())
+    mode = config.flow
+    if mode == "thread" and (live is not None or coordinator is not None or edge_receiver is not None):
+        logger.info("the flow runs in the server's event loop (the dashboard/edge parts share state with it)")
+        mode = "loop"
+    flow_task, stop_flow = start_flow(runner, mode)
     server_task = asyncio.create_task(uv.serve())
     tracker = asyncio.create_task(LatencyTracker(runner, state.sources, state.metrics.e2e).run())
     loop = asyncio.get_running_loop()
@@ -306,14 +316,16 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
     finally:
         # stop taking requests first, then let the flow finish its batch and checkpoint
         uv.should_exit = True
-        with contextlib.suppress(Exception):
-            await server_task
-        runner.stop()
-        tracker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tracker
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        try:
+            with contextlib.suppress(Exception):
+                await server_task
+        finally:  # even if uvicorn raised SystemExit (a port in use): the flow must not run on alone
+            stop_flow()
+            tracker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tracker
+            for sig in signals:
+                loop.remove_signal_handler(sig)
     return await flow_task
 
 

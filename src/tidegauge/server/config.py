@@ -77,12 +77,26 @@ class RateLimitConfig(msgspec.Struct, **_Strict):
 
 
 class HistoryConfig(msgspec.Struct, **_Strict):
-    """Where the query endpoints read history: FileSink outputs (Parquet paths as given to the sinks)."""
+    """Where the query endpoints read history.
+
+    By default FileSink outputs (Parquet paths as given to the sinks), read with DuckDB. With ``postgres``
+    (a libpq connection string), ``readings``/``windows``/``anomalies``/``dead_letters`` name PostgreSQL
+    tables (``name`` or ``schema.name``, e.g. the tables the flow's PostgreSQL sinks upsert into).
+    """
 
     readings: str | None = None
     windows: str | None = None
     anomalies: str | None = None
     dead_letters: str | None = None
+    postgres: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.postgres is not None:
+            for field in ("readings", "windows", "anomalies", "dead_letters"):
+                table = getattr(self, field)
+                if table is not None and not re.fullmatch(r"[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)?", table):
+                    raise ConfigError(f"history.{field}={table!r}: with history.postgres, give a table name "
+                                      "('name' or 'schema.name')")
 
 
 class ServerConfig(msgspec.Struct, **_Strict):
@@ -102,7 +116,10 @@ class ServerConfig(msgspec.Struct, **_Strict):
     """/readyz fails when the last checkpoint is older than this (and checkpoints are configured)"""
     retry_after_s: int = 1
     access_log: bool = False
-    """one structured JSON log line per request (method, path, status, duration, token name; no secrets)"""
+    """one structured JSON log line per request on the ``tidegauge.server.access`` logger (method, path without
+    the query string, status, seconds, client address; never a token)"""
+    flow: Literal["thread", "loop"] = "thread"
+    """where the flow runs: a thread of its own (another core for its CPU work) or the server's event loop"""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

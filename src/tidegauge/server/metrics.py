@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from tidegauge.connectors.http import HttpIngestSource
 
-__all__ = ["FlowCollector", "LatencyTracker", "ServerMetrics"]
+__all__ = ["FlowCollector", "LatencyTracker", "ServerMetrics", "source_pressure"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,29 @@ class FlowCollector(Collector):
         yield up
         yield lag_b
         yield size
+        yield from source_pressure(self.runner)
+
+
+def source_pressure(runner: Any) -> Iterator[Metric]:
+    """Broker sources' own view of the pressure: messages waiting for the flow, and whether intake is paused.
+
+    Any source whose running logic (``definition.logic``) has ``lag()`` is reported: the MQTT source's
+    client-side buffer, the NATS source's pending messages in the stream.
+    """
+    lag = GaugeMetricFamily("tidegauge_source_lag_messages",
+                            "Messages waiting for the flow: in the client buffer (MQTT) or in the stream (NATS)",
+                            labels=["source"])
+    paused = GaugeMetricFamily("tidegauge_source_paused",
+                               "1 while a source holds off its broker because the flow is behind", labels=["source"])
+    for nid, node in runner.flow.nodes.items():
+        logic = getattr(node.definition, "logic", None) if node.kind == "source" else None
+        value = logic.lag() if logic is not None and hasattr(logic, "lag") else None
+        if value is not None:
+            lag.add_metric([nid], float(value))
+        if logic is not None and hasattr(logic, "paused"):
+            paused.add_metric([nid], 1.0 if logic.paused else 0.0)
+    yield lag
+    yield paused
 
 
 def _labelled(kind: Any, name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:

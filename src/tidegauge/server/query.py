@@ -1,4 +1,5 @@
-"""Query endpoints over the history store: DuckDB over the Parquet files the flow's sinks commit.
+"""Query endpoints over the history store: DuckDB over the Parquet files the flow's sinks commit, or
+PostgreSQL tables when ``history.postgres`` is set (:mod:`tidegauge.server.history_pg`).
 
 History is read from :class:`~tidegauge.connectors.files.FileSink` outputs named in the server config
 (``history: {readings: out/readings.parquet, windows: ..., anomalies: ..., dead_letters: ...}``): the
@@ -29,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tidegauge._time import parse_duration
+from tidegauge.server.history_pg import latest_per_key, query_postgres, time_bucket
 from tidegauge.server.ingest import error, json_response
 
 if TYPE_CHECKING:
@@ -116,12 +118,24 @@ async def _run(request: Request, table: str, build: Any) -> Response:
     who = state.authorize(request.headers.get("authorization"), "read")
     if isinstance(who, Response):
         return who
-    files = _files(getattr(state.config.history, table))
-    if not files:
-        return json_response({"rows": [], "note": f"no {table} history yet (history.{table} in the config)"})
+    history = state.config.history
+    where: str | None = getattr(history, table)
+    empty = json_response({"rows": [], "note": f"no {table} history yet (history.{table} in the config)"})
     try:
-        sql, params = build(request, state)
-        rows = await asyncio.to_thread(_query, files, sql, params)
+        if history.postgres is not None:
+            if where is None:
+                return empty
+            sql, params = build(request, state, "postgres")
+            found = await asyncio.to_thread(query_postgres, history.postgres, where, sql, params)
+            if found is None:
+                return empty
+            rows = found
+        else:
+            files = _files(where)
+            if not files:
+                return empty
+            sql, params = build(request, state, "duckdb")
+            rows = await asyncio.to_thread(_query, files, sql, params)
     except _BadQuery as exc:
         return error(400, str(exc))
     except Exception as exc:  # e.g. a column the history does not have: explain, do not 500
@@ -131,16 +145,15 @@ async def _run(request: Request, table: str, build: Any) -> Response:
 
 
 async def sensors(request: Request) -> Response:
-    def build(request: Request, state: ServerState) -> tuple[str, list[Any]]:
+    def build(request: Request, state: ServerState, dialect: str) -> tuple[str, list[Any]]:
         key, time = _key_time(state)
-        return (f'SELECT *, "{time}" AS last_seen FROM t QUALIFY row_number() OVER '
-                f'(PARTITION BY "{key}" ORDER BY "{time}" DESC) = 1 ORDER BY "{key}" LIMIT ?', [_limit(request)])
+        return latest_per_key(dialect, key, time), [_limit(request)]
 
     return await _run(request, "readings", build)
 
 
 async def series(request: Request) -> Response:
-    def build(request: Request, state: ServerState) -> tuple[str, list[Any]]:
+    def build(request: Request, state: ServerState, dialect: str) -> tuple[str, list[Any]]:
         key, time = _key_time(state)
         where, params = _where(request, key, time, sensor=request.path_params["sensor_id"])
         window = request.query_params.get("window")
@@ -158,7 +171,7 @@ async def series(request: Request) -> Response:
         field = request.query_params.get("field", "temperature")
         if not field.isidentifier():
             raise _BadQuery(f"field={field!r}: a column name")
-        return (f'SELECT time_bucket(to_microseconds(?), "{time}") AS window_start, '
+        return (f'SELECT {time_bucket(dialect, time)} AS window_start, '
                 f'{_AGGS[agg]}("{field}") AS "{field}_{agg}", count(*) AS n FROM t {where} '
                 f"GROUP BY 1 ORDER BY 1 LIMIT ?", [us, *params, _limit(request)])
 
@@ -166,7 +179,7 @@ async def series(request: Request) -> Response:
 
 
 async def _table(request: Request, table: str, time_col: str | None) -> Response:
-    def build(request: Request, state: ServerState) -> tuple[str, list[Any]]:
+    def build(request: Request, state: ServerState, dialect: str) -> tuple[str, list[Any]]:
         key, time = _key_time(state)
         tcol = time_col or time
         where, params = _where(request, key, tcol, sensor=request.query_params.get("sensor_id")

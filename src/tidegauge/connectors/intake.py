@@ -1,0 +1,290 @@
+"""The durable intake log behind HTTP ingest: segmented, checksummed, fsync group-committed.
+
+The server appends each request's records (:meth:`IntakeLog.append`) and answers 2xx once the append is
+durable; :class:`~tidegauge.connectors.http.HttpIngestSource` reads the log from its checkpointed position.
+
+Format: segment files ``<first offset:020d>.seg``; each frame is ``<u32 length><u32 crc32>`` then a body
+of ``length`` bytes: ``<u8 kind>`` and the payload (the checksum covers the body). Kind 1: NDJSON of
+accepted records (the request's bytes as they came, once validated); kind 2: msgpack list of
+``[reason, payload]`` rejects. A position is a global byte offset over all segments. A torn tail (partial
+frame or bad checksum: never acknowledged) is cut off when the log is opened.
+
+Fsync policy (``durability``)
+-----------------------------
+``"fsync"``: an append returns once its bytes are on stable storage. Appends are written at once (one
+gathered ``writev`` of the frame headers and the request bytes, not copied), then the first waiting
+request fsyncs, in a worker thread, everything written so far, and every request written meanwhile finds
+itself covered by that one ``fsync`` or the next (group commit across requests: under load one fsync
+per group of requests, idle one per request). ``"os"``: an append returns once written to the operating
+system (survives a crash of the process, not of the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from pathlib import Path
+
+import msgspec
+
+from tidegauge.checkpoint._fs import fsync_dir
+from tidegauge.errors import ConnectorError
+
+__all__ = ["ACCEPTED", "REJECTED", "IntakeLog"]
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")  # length of the body (kind byte + payload), crc32 of the body
+ACCEPTED, REJECTED = 1, 2
+_KINDS = {ACCEPTED: bytes([ACCEPTED]), REJECTED: bytes([REJECTED])}
+_SEGMENT_BYTES = 64 * 1024 * 1024
+"""Segment size before rolling over: big enough to make few files, small enough to free disk soon after
+a checkpoint (only whole segments are deleted)."""
+_IOV_MAX = 512  # buffers per writev call: below Linux's IOV_MAX of 1024, with room for the headers
+
+
+class IntakeLog:
+    """An append-only, segmented, checksummed log of ingest requests, with group commit.
+
+    Parameters
+    ----------
+    dir:
+        Directory of the segment files (created if missing).
+    durability:
+        ``"fsync"`` or ``"os"``: see the module docstring.
+    segment_bytes:
+        Size at which a new segment file is started.
+    """
+
+    def __init__(self, dir: str | Path, *, durability: str = "fsync", segment_bytes: int = _SEGMENT_BYTES) -> None:
+        if durability not in ("fsync", "os"):
+            raise ValueError(f"durability={durability!r}: use 'fsync' or 'os'")
+        if segment_bytes < 1024:
+            raise ValueError(f"segment_bytes={segment_bytes}: use at least 1024")
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.durability = durability
+        self.segment_bytes = segment_bytes
+        self._segments: list[int] = sorted(int(p.stem) for p in self.dir.glob("*.seg"))
+        self.end = self._recover()
+        self.durable = self.end
+        self.start = self._segments[0] if self._segments else self.end
+        self._fd = self._open_tail()
+        # (frame end offset, append time), for the ingest-to-output latency; bounded so that nobody
+        # reading it cannot grow memory (older entries are simply not measured)
+        self._times: deque[tuple[int, float]] = deque(maxlen=100_000)
+        self.records_appended = 0
+        self.syncs = 0
+        """fsyncs done (with group commit, fewer than appends under load)"""
+        # the segment list and the tail file are shared by the server (appending) and the flow (reading,
+        # truncating), which may run in another thread (tidegauge.server.flowthread)
+        self._lock = threading.Lock()
+        self._sync_lock = asyncio.Lock()
+        self._closing = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop | None, asyncio.Event]] = []
+
+    # -- opening -----------------------------------------------------------------------------------
+    def _recover(self) -> int:
+        if not self._segments:
+            return 0
+        last = self._segments[-1]
+        path = self._path(last)
+        data = path.read_bytes()
+        pos = 0
+        while pos + _HEADER.size <= len(data):
+            length, crc = _HEADER.unpack_from(data, pos)
+            body = data[pos + _HEADER.size:pos + _HEADER.size + length]
+            if length < 1 or len(body) < length or zlib.crc32(body) != crc:
+                break
+            pos += _HEADER.size + length
+        if pos != len(data):
+            logger.warning("intake log %s: cutting a torn tail of %d bytes (never acknowledged)", path, len(data) - pos)
+            with open(path, "r+b") as f:
+                f.truncate(pos)
+                os.fsync(f.fileno())
+        return last + pos
+
+    def _path(self, first: int) -> Path:
+        return self.dir / f"{first:020d}.seg"
+
+    def _open_tail(self) -> int:
+        if not self._segments:
+            self._segments.append(self.end)
+        fd = os.open(self._path(self._segments[-1]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fsync_dir(self.dir)
+        return fd
+
+    # -- appending ---------------------------------------------------------------------------------
+    async def append(self, accepted: bytes, n_accepted: int, rejects: list[tuple[str, str]]) -> int:
+        """Append one request (NDJSON of accepted records, rejects as ``(reason, payload)``); durable on return.
+
+        Returns the log offset after the request. Raises ``OSError`` if it could not be written (nothing
+        of it is then in the log).
+        """
+        parts: list[bytes] = []
+        if n_accepted:
+            parts += _frame(ACCEPTED, accepted)
+        if rejects:
+            parts += _frame(REJECTED, msgspec.msgpack.encode(rejects))
+        if not parts:
+            return self.end
+        if self._closing:
+            raise OSError(f"intake log {self.dir} is closed")
+        if self.end - self._segments[-1] >= self.segment_bytes:
+            await self._roll()
+        size = sum(len(p) for p in parts)
+        with self._lock:
+            self._writev(parts, size)
+            self.end += size
+            end = self.end
+        self.records_appended += n_accepted + len(rejects)
+        self._times.append((end, time.perf_counter()))
+        if self.durability == "fsync":
+            await self._sync(end)
+        else:
+            self.durable = max(self.durable, end)
+        self._notify()
+        return end
+
+    async def _sync(self, end: int) -> None:
+        # group commit: whoever holds the lock fsyncs everything written so far, the others find it done
+        async with self._sync_lock:
+            if self.durable >= end:
+                return
+            target, fd = self.end, self._fd
+            await asyncio.to_thread(os.fsync, fd)
+            self.syncs += 1
+            self.durable = max(self.durable, target)
+
+    async def _roll(self) -> None:
+        # under the sync lock: no fsync of the old file is in flight while it is closed
+        async with self._sync_lock:
+            if self.end - self._segments[-1] < self.segment_bytes:
+                return
+            old = self._fd
+            if self.durability == "fsync":
+                await asyncio.to_thread(os.fsync, old)  # the old segment's tail, before its file is left
+            with self._lock:
+                self._segments.append(self.end)
+                self._fd = self._open_tail()
+            os.close(old)
+
+    def _writev(self, parts: list[bytes], size: int) -> None:
+        written = 0
+        try:
+            for i in range(0, len(parts), _IOV_MAX):
+                chunk = parts[i:i + _IOV_MAX]
+                n = os.writev(self._fd, chunk)
+                written += n
+                if n != sum(len(p) for p in chunk):
+                    raise OSError(f"intake log {self.dir}: short write ({written} of {size} bytes)")
+        except OSError:
+            # cut what was partly written (disk full...): later frames must not follow a torn one
+            os.ftruncate(self._fd, self.end - self._segments[-1])
+            raise
+
+    def _notify(self) -> None:
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for loop, ev in list(self._waiters):
+            if loop is here and loop is not None:
+                ev.set()
+            elif loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(ev.set)
+
+    def add_waiter(self, event: asyncio.Event) -> None:
+        """Have ``event`` set (in the event loop running now) whenever new records become durable."""
+        self._waiters.append((asyncio.get_running_loop(), event))
+
+    def remove_waiter(self, event: asyncio.Event) -> None:
+        self._waiters = [(lp, ev) for lp, ev in self._waiters if ev is not event]
+
+    def appended_at(self, offset: int) -> float | None:
+        """``perf_counter()`` time of the first frame ending after ``offset`` still remembered (for latency)."""
+        for end, t in list(self._times):
+            if end > offset:
+                return t
+        return None
+
+    def pop_times(self, upto: int) -> list[float]:
+        """Forget (and return) the append times of frames ending at or before ``upto``."""
+        out: list[float] = []
+        while self._times and self._times[0][0] <= upto:
+            out.append(self._times.popleft()[1])
+        return out
+
+    # -- reading and truncation --------------------------------------------------------------------
+    def read(self, offset: int, max_records: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Frames ``(kind, payload)`` from ``offset`` up to the durable end (about ``max_records`` records)."""
+        if offset < self.start:
+            raise ConnectorError(
+                f"intake log {self.dir}: position {offset} was deleted (the log starts at {self.start}); "
+                "the checkpoint and the log do not belong together"
+            )
+        with self._lock:
+            return self._read(offset, max_records, self.durable, list(self._segments))
+
+    def _read(self, offset: int, max_records: int, durable: int,
+              segments: list[int]) -> tuple[list[tuple[int, bytes]], int]:
+        frames: list[tuple[int, bytes]] = []
+        idx = max(0, _bisect(segments, offset))
+        budget = max_records
+        while offset < durable and budget > 0 and idx < len(segments):
+            first = segments[idx]
+            seg_end = segments[idx + 1] if idx + 1 < len(segments) else durable
+            stop = min(seg_end, durable) - first  # bytes of this segment that may be read
+            start = pos = offset - first
+            # mapped, not read: a flow far behind would otherwise read the whole rest of the segment
+            # (up to segment_bytes) at every call to use a few frames of it
+            with open(self._path(first), "rb") as f, mmap.mmap(f.fileno(), stop, access=mmap.ACCESS_READ) as mm:
+                while pos + _HEADER.size <= stop and budget > 0:
+                    length, _crc = _HEADER.unpack_from(mm, pos)
+                    kind = mm[pos + _HEADER.size]
+                    payload = mm[pos + _HEADER.size + 1:pos + _HEADER.size + length]
+                    frames.append((kind, payload))
+                    budget -= payload.count(b"\n") + 1 if kind == ACCEPTED else 1
+                    pos += _HEADER.size + length
+            offset += pos - start
+            if offset >= seg_end:
+                idx += 1
+        return frames, offset
+
+    def truncate_before(self, offset: int) -> None:
+        """Delete whole segments that end at or before ``offset`` (never the one being written)."""
+        with self._lock:
+            while len(self._segments) > 1 and self._segments[1] <= offset:
+                self._path(self._segments.pop(0)).unlink(missing_ok=True)
+            self.start = self._segments[0]
+
+    def close(self) -> None:
+        """Close the tail file (appends after this raise ``OSError``)."""
+        if self._closing:
+            return
+        self._closing = True
+        os.close(self._fd)
+
+
+def _frame(kind: int, payload: bytes) -> list[bytes]:
+    """A frame as the pieces to write: header with the kind byte, then the payload untouched."""
+    k = _KINDS[kind]
+    return [_HEADER.pack(len(payload) + 1, zlib.crc32(payload, zlib.crc32(k))) + k, payload]
+
+
+def _bisect(segments: list[int], offset: int) -> int:
+    lo, hi = 0, len(segments)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if segments[mid] <= offset:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
