@@ -86,6 +86,11 @@ def test_heartbeat_agents_assignments_and_metrics(tmp_path: Path) -> None:
             bad = await c.post("/api/v1/edge/heartbeat", content=b'{"node_id": 5}', headers=ingest)
             assert bad.status_code == 400 and "heartbeat" in bad.json()["error"]
             assert (await c.get("/api/v1/edge/agents")).status_code == 401
+            spec = (await c.get("/openapi.json", headers=read)).json()
+            assert {"/api/v1/edge/heartbeat", "/api/v1/edge/agents", "/api/v1/edge/assignments"} <= set(spec["paths"])
+            beat_schema = spec["paths"]["/api/v1/edge/heartbeat"]["post"]["requestBody"]["content"]
+            assert beat_schema["application/json"]["schema"]["$ref"].endswith("/Heartbeat")
+            assert "node_id" in spec["components"]["schemas"]["Heartbeat"]["properties"]
             # the cloud_only step: readings of edge-detected sensors are not kept upstream
             edge_sensor = state["gw-1"][1][0]
             lines = "\n".join(f'{{"sensor_id":"{s}","timestamp":1767225600,"temperature":1}}'

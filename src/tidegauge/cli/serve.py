@@ -62,6 +62,9 @@ def serve(
                           "pipeline")
     built = build_pipeline(loaded, base_dir=pipeline.parent)
     runner, config = served_runner(pipeline, loaded, built, host=host, port=port)
+    from tidegauge.server.logs import configure_logging
+
+    configure_logging("json" if log_format == "json" else "text", access_log=config.access_log)
     receiver = None
     if edge_db is not None:
         from tidegauge.edge.receiver import receiver_for_flow

@@ -161,6 +161,8 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
     app = Starlette(routes=routes)
     app.state.tg = state
     app.state.alerts = alerts
+    app.state.coordinator = coordinator
+    app.state.edge_receiver = edge_receiver
     if live is not None:
         from tidegauge.server.session import SessionMiddleware
 
@@ -214,8 +216,10 @@ async def openapi(request: Request) -> Response:
     who = state.authorize(request.headers.get("authorization"), None)
     if isinstance(who, Response):
         return who
-    alerts = getattr(request.app.state, "alerts", None)
-    return json_response(openapi_schema(state.validator.record, alerts=alerts is not None))
+    parts = request.app.state
+    return json_response(openapi_schema(state.validator.record, alerts=getattr(parts, "alerts", None) is not None,
+                                        edge=getattr(parts, "coordinator", None) is not None,
+                                        edge_batches=getattr(parts, "edge_receiver", None) is not None))
 
 
 _ROUTES = ("/api/v1/ingest/ws", "/api/v1/ingest", "/api/v1/edge/heartbeat", "/api/v1/edge/agents",

@@ -17,10 +17,12 @@ _TIME_PARAMS = [{"name": n, "in": "query", "schema": {"type": "string", "format"
                 for n in ("start", "end")] + [{"name": "limit", "in": "query", "schema": {"type": "integer"}}]
 
 
-def openapi_schema(record: type, *, alerts: bool = False) -> dict[str, Any]:
+def openapi_schema(record: type, *, alerts: bool = False, edge: bool = False,
+                   edge_batches: bool = False) -> dict[str, Any]:
     """The OpenAPI document; ``record`` is the msgspec Struct every ingested reading is validated against.
 
-    ``alerts`` adds the alert and silence endpoints (served when the app has an alert manager).
+    ``alerts`` adds the alert and silence endpoints (served when the app has an alert manager), ``edge`` the
+    edge coordinator's (heartbeat, agents, assignments), ``edge_batches`` the edge receiver's batch endpoint.
     """
     (rec,), components = msgspec.json.schema_components([record], ref_template="#/components/schemas/{name}")
     components["Error"] = {"type": "object", "properties": {"error": {"type": "string"}}}
@@ -35,6 +37,15 @@ def openapi_schema(record: type, *, alerts: bool = False) -> dict[str, Any]:
     if alerts:
         components.update(_ALERT_COMPONENTS)
         paths.update(_ALERT_PATHS)
+    if edge:
+        from tidegauge.edge.heartbeat import Assignment, Heartbeat
+
+        (hb, asg), edge_components = msgspec.json.schema_components(
+            [Heartbeat, Assignment], ref_template="#/components/schemas/{name}")
+        components.update(edge_components)
+        paths.update(_edge_paths(hb, asg))
+    if edge_batches:
+        paths.update(_EDGE_BATCH_PATHS)
     return {
         "openapi": "3.1.0",
         "info": {"title": "tidegauge", "version": "1"},
@@ -138,4 +149,37 @@ _ALERT_PATHS: dict[str, Any] = {
         "summary": "Expire a silence now; scope admin",
         "parameters": [{"name": "silence_id", "in": "path", "required": True, "schema": _STR}],
         "responses": {"200": _json("#/components/schemas/Silence", "the expired silence"), **_WRITE_ERRORS}}},
+}
+
+
+def _edge_paths(heartbeat: dict[str, Any], assignment: dict[str, Any]) -> dict[str, Any]:
+    agent_param = [{"name": "agent", "in": "query", "schema": {"type": "string"}}]
+    return {
+        "/api/v1/edge/heartbeat": {"post": {
+            "summary": "An edge agent's heartbeat; answered with its assignment; scope ingest",
+            "requestBody": {"content": {"application/json": {"schema": heartbeat}}},
+            "responses": {"200": {"description": "the agent's assignment",
+                                  "content": {"application/json": {"schema": assignment}}},
+                          "400": _ERROR, "401": _ERROR, "403": _ERROR}}},
+        "/api/v1/edge/agents": {"get": {
+            "summary": "Every known agent with its state, availability and last heartbeat's figures; scope read",
+            "responses": {"200": {"description": "agents", "content": {"application/json": {"schema": {
+                "type": "array", "items": {"type": "object"}}}}}, "401": _ERROR, "403": _ERROR}}},
+        "/api/v1/edge/assignments": {"get": {
+            "summary": "Sensor -> agent, handover state and where detection runs; scope read",
+            "parameters": agent_param,
+            "responses": {"200": {"description": "assignments", "content": {"application/json": {"schema": {
+                "type": "array", "items": {"type": "object"}}}}}, "401": _ERROR, "403": _ERROR}}},
+    }
+
+
+_EDGE_BATCH_PATHS: dict[str, Any] = {
+    "/api/v1/edge/batches": {"post": {
+        "summary": "A batch of an edge agent's outbox (NDJSON), de-duplicated by agent, stream and sequence; "
+                   "scope ingest",
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": True,
+                        "schema": {"type": "string"}, "description": "<agent>:<stream>:<first>-<last>"}],
+        "requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+        "responses": {"200": {"description": "acknowledged up to a sequence"}, "400": _ERROR, "401": _ERROR,
+                      "403": _ERROR, "409": _ERROR, "503": {**_ERROR, "headers": _RETRY}}}},
 }
