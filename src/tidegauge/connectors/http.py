@@ -154,10 +154,14 @@ class HttpIngestSourceLogic:
         self.d, self.log, self.offset = d, log, offset
         self.closed = False
         self._event = asyncio.Event()
-        log.add_waiter(self._event)
+        # registered in the loop that reads (next_batch): the logic may be built outside any event loop
+        self._waiting = False
         self._read_schema = {f: _POLARS[t] for f, t in d.schema.items()}
 
     async def next_batch(self, max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
+        if not self._waiting:
+            self.log.add_waiter(self._event)
+            self._waiting = True
         if self.log.durable <= self.offset:
             self._event.clear()
             try:
