@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _latency import LatencySink  # benchmarks/_latency.py (run as a script)
+
 BENCH = Path("/work/shared/bench/ingest")
 TOKEN = "bench-token"
 
@@ -41,29 +43,6 @@ def _reading_bodies(n_bodies: int, batch: int, *, stamp: bool = False) -> list[b
 
 
 # -- the tidegauge server (subprocess) -----------------------------------------------------------
-class _LatencySink:
-    guarantee = "at-least-once"
-    snapshot_type = None
-    name = "latency"
-
-    def __init__(self) -> None:
-        self.lat: list[float] = []
-        self.rows = 0
-
-    def build(self, resume_state: Any) -> _LatencySink:
-        return self
-
-    async def write_batch(self, df: Any) -> None:
-        self.rows += df.height
-        if "sent_at" in df.columns:
-            now = time.time()
-            self.lat.extend((now - df["sent_at"].drop_nulls()).to_list())
-
-    async def pre_commit(self, epoch: int) -> None: ...
-    async def commit(self, epoch: int) -> None: ...
-    def snapshot(self) -> None: ...
-    async def close(self) -> None: ...
-
 
 def serve_main(port: int, tmp: Path, durability: str, result_file: Path, flow_mode: str = "thread") -> None:
     import uvloop
@@ -76,7 +55,7 @@ def serve_main(port: int, tmp: Path, durability: str, result_file: Path, flow_mo
     source = HttpIngestSource(tmp / "intake", schema={**READING_SCHEMA, "sent_at": "float"},
                               durability=durability)  # type: ignore[arg-type]
     flow = Flow("bench")
-    sink = _LatencySink()
+    sink = LatencySink()
     flow.source(source).detect(ZScore(["temperature"], key="sensor_id")).sink(sink)  # type: ignore[arg-type]
     runner = Runner(flow, checkpoint=CheckpointConfig(tmp / "cp", interval="2s"), max_delay="1ms")
     config = ServerConfig(port=port, tokens=[TokenConfig("bench", ["ingest", "read"], hash=hash_token(TOKEN))],

@@ -31,10 +31,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import paho.mqtt.client as paho
+from _latency import LatencySink  # benchmarks/_latency.py (run as a script)
 
 from tidegauge.connectors.mqtt import MqttConnection, MqttSource
 
@@ -83,27 +83,6 @@ print(sent, flush=True)
 """
 
 
-class _LatencySink:
-    guarantee = "at-least-once"
-    snapshot_type = None
-    name = "latency"
-
-    def __init__(self) -> None:
-        self.lat: list[float] = []
-
-    def build(self, resume_state: object) -> _LatencySink:
-        return self
-
-    async def write_batch(self, df: Any) -> None:
-        if "sent_at" in df.columns:
-            now = time.time()
-            self.lat.extend((now - df["sent_at"].drop_nulls()).to_list())
-
-    async def pre_commit(self, epoch: int) -> None: ...
-    async def commit(self, epoch: int) -> None: ...
-    def snapshot(self) -> None: ...
-    async def close(self) -> None: ...
-
 
 async def run_latency(port: int, rate: int, seconds: float) -> dict[str, float]:
     from tidegauge.dataflow import Flow, Runner
@@ -111,7 +90,7 @@ async def run_latency(port: int, rate: int, seconds: float) -> dict[str, float]:
 
     source = MqttSource("sensors/+/telemetry", connection=MqttConnection(port=port), qos=0,
                         template="sensors/{sensor_id}/telemetry")
-    sink = _LatencySink()
+    sink = LatencySink()
     flow = Flow("mqtt-latency")
     flow.source(source).detect(ZScore(["temperature"], key="sensor_id")).sink(sink)  # type: ignore[arg-type]
     runner = Runner(flow, max_delay="1ms")
