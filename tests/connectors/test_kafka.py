@@ -84,6 +84,10 @@ def test_configuration_is_checked_by_librdkafka() -> None:
         KafkaSink("t", config={"enable.idempotence": False})
     with pytest.raises(ValueError, match=r"Invalid value|expected"):
         KafkaSink("t", config={"linger.ms": "soon"})
+    with pytest.raises(ValueError, match=r"KafkaSource: config sets group\.id, which the source controls"):
+        KafkaSource("t", group="g", config={"group.id": "other"})
+    with pytest.raises(ValueError, match=r"KafkaSink: config sets transactional\.id, which the sink controls"):
+        KafkaSink("t", config={"transactional.id": "x"})
     sink = KafkaSink("t", transactional_id="tg-1", key_column="sensor_id")
     assert sink.conf["enable.idempotence"] is True and sink.conf["transactional.id"] == "tg-1"
     source = KafkaSource(["a", "b"], group="g", config={"security.protocol": "plaintext"})

@@ -115,6 +115,18 @@ class KafkaOffsets:
         return out
 
 
+def _merge_config(owner: str, config: Mapping[str, Any] | None, defaults: Mapping[str, Any],
+                  forced: Mapping[str, Any], *, controlled: Sequence[str] = (), why: str) -> dict[str, Any]:
+    """``defaults``, then the user's ``config``, then ``forced``; a user key that ``forced`` (or ``controlled``)
+    owns is an error naming it and why."""
+    extra = dict(config or {})
+    clash = sorted(k for k in extra if k in forced or k in controlled)
+    if clash:
+        side = "source" if owner.endswith("Source") else "sink"
+        raise ValueError(f"{owner}: config sets {', '.join(clash)}, which the {side} controls ({why})")
+    return {**defaults, **extra, **forced}
+
+
 def _check(kind: str, conf: dict[str, Any]) -> None:
     """Let librdkafka itself validate ``conf`` (unknown properties, bad values, conflicting settings)."""
     probe = dict(conf, logger=logging.getLogger(__name__ + ".probe"))
@@ -165,13 +177,10 @@ class KafkaSource:
             raise ValueError(f"KafkaSource: topics={topics!r}: give at least one non-empty topic name")
         if not isinstance(group, str) or not group:
             raise ValueError(f"KafkaSource: group={group!r} must be a non-empty string")
-        extra = dict(config or {})
-        clash = sorted(k for k in extra if k in _FORCED_SOURCE or k in ("group.id", "bootstrap.servers"))
-        if clash:
-            raise ValueError(f"KafkaSource: config sets {', '.join(clash)}, which the source controls "
-                             "(offsets are committed after each checkpoint; use group= and bootstrap=)")
-        self.conf: dict[str, Any] = {**_DEFAULT_SOURCE, **extra, **_FORCED_SOURCE,
-                                     "bootstrap.servers": bootstrap, "group.id": group}
+        self.conf: dict[str, Any] = _merge_config(
+            "KafkaSource", config, _DEFAULT_SOURCE,
+            {**_FORCED_SOURCE, "bootstrap.servers": bootstrap, "group.id": group},
+            why="offsets are committed after each checkpoint; use group= and bootstrap=")
         _check("consumer", self.conf)
         self.group, self.bootstrap = group, bootstrap
         self.key_column = key_column
@@ -324,12 +333,9 @@ class KafkaSink:
     ) -> None:
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"KafkaSink: topic={topic!r} must be a non-empty string")
-        extra = dict(config or {})
-        clash = sorted(k for k in extra if k in _FORCED_SINK or k in ("bootstrap.servers", "transactional.id"))
-        if clash:
-            raise ValueError(f"KafkaSink: config sets {', '.join(clash)}, which the sink controls "
-                             "(idempotence is always on; use bootstrap= and transactional_id=)")
-        self.conf: dict[str, Any] = {**_DEFAULT_SINK, **extra, **_FORCED_SINK, "bootstrap.servers": bootstrap}
+        self.conf: dict[str, Any] = _merge_config(
+            "KafkaSink", config, _DEFAULT_SINK, {**_FORCED_SINK, "bootstrap.servers": bootstrap},
+            controlled=("transactional.id",), why="idempotence is always on; use bootstrap= and transactional_id=")
         if transactional_id is not None:
             if not transactional_id:
                 raise ValueError("KafkaSink: transactional_id must be non-empty (or None)")
