@@ -227,6 +227,7 @@ class EdgeAgent:
         """POST a heartbeat every interval; an upstream without a coordinator (404) is logged once."""
         interval = parse_duration(self.config.heartbeat_interval) / 1e6
         told_404 = False
+        told_refused = ""
         while not stop.is_set():
             try:
                 hb = await asyncio.to_thread(self.heartbeat)
@@ -242,7 +243,10 @@ class EdgeAgent:
                         told_404 = True
                 else:
                     self.heartbeat_failures += 1
-                    logger.debug("heartbeat answered %d", resp.status_code)
+                    refused = resp.status_code in (401, 403)  # a token problem: no retry fixes it, say so
+                    log = logger.warning if refused and told_refused != resp.text else logger.debug
+                    log("heartbeat refused by %s: %d %s", self.config.upstream, resp.status_code, resp.text[:300])
+                    told_refused = resp.text if refused else told_refused
             except Exception as exc:  # a heartbeat never stops the agent; the uplink reports the link
                 self.heartbeat_failures += 1
                 logger.debug("heartbeat failed: %s", exc)

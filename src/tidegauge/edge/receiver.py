@@ -1,4 +1,5 @@
-"""The upstream end of the uplink: ``POST /api/v1/edge/batches`` (scope ``ingest``).
+"""The upstream end of the uplink: ``POST /api/v1/edge/batches`` (scope ``ingest``; a token configured with
+``nodes`` may only send the batches of those node ids, 403 otherwise).
 
 Each batch (see :mod:`tidegauge.edge.wire`) is de-duplicated by ``(agent, stream, sequence)``: the receiver
 keeps, per agent and stream, the highest sequence number it has (the records are contiguous, so that one
@@ -156,6 +157,9 @@ class EdgeReceiver:
         if not node or not stream or first < 1 or last < first or not 0 <= prev < first:
             return error(400, f"bad batch {wire.idempotency_key(node, stream, first, last)}: sequence numbers "
                               f"start at 1, last >= first and 0 <= {wire.PREV} < first")
+        refusal = who.edge_refusal(node)
+        if refusal is not None:
+            return error(403, refusal)
         source = self.sources.get(stream, self.sources.get("*"))
         if source is None:
             return error(404, f"no upstream source takes edge stream {stream!r}; configure one")
