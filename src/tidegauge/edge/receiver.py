@@ -344,8 +344,9 @@ def edge_sources(log_dir: str | Path, streams: Sequence[str] = tuple(DEFAULT_SCH
                  durability: Literal["fsync", "os"] = "fsync") -> dict[str, HttpIngestSource]:
     """One :class:`HttpIngestSource` per stream of the agent's default pipeline (``log_dir/<stream>``).
 
-    Add them to the upstream flow (``flow.source(src, name=...)``) and pass the mapping to
-    :class:`EdgeReceiver`.
+    Add them to the upstream flow with one watermark per agent (``flow.source(src, key=src.key,
+    time=src.time, partition_by="edge_node")``: an agent's replayed backlog is then on time, see
+    :mod:`tidegauge.dataflow.partitions`) and pass the mapping to :class:`EdgeReceiver`.
     """
     out = {}
     for s in streams:
@@ -359,13 +360,24 @@ def edge_sources(log_dir: str | Path, streams: Sequence[str] = tuple(DEFAULT_SCH
 
 def receiver_for_flow(flow: Any, db: str | Path, **options: Any) -> EdgeReceiver:
     """An :class:`EdgeReceiver` over a flow's HTTP sources: stream ``X`` -> the source named ``edge_X``,
-    any other stream -> the first HTTP source (``tidegauge serve --edge-db``)."""
-    http = [n.definition for n in flow.nodes.values()
-            if n.kind == "source" and isinstance(n.definition, HttpIngestSource)]
+    any other stream -> the first HTTP source (``tidegauge serve --edge-db``).
+
+    Each of those sources whose schema has ``edge_node`` gets one watermark per agent
+    (``partition_by="edge_node"``, unless it has a ``partition_by`` already), so the backlog an agent
+    replays after an outage is judged by its own event time, not the other agents'
+    (:mod:`tidegauge.dataflow.partitions`). Call it before the flow runs.
+    """
+    nodes = [n for n in flow.nodes.values() if n.kind == "source" and isinstance(n.definition, HttpIngestSource)]
+    http = [n.definition for n in nodes]
     if not http:
         from tidegauge.errors import ConfigError
 
         raise ConfigError("edge batches need an http source in the pipeline (source: {http: {...}})")
     sources = {str(s.name)[len("edge_"):]: s for s in http if str(s.name).startswith("edge_")}
     sources.setdefault("*", http[0])
+    fed = {id(s) for s in sources.values()}
+    for n in nodes:
+        if id(n.definition) in fed and n.partition_by is None and "edge_node" in n.definition.schema:
+            n.partition_by = "edge_node"
+            logger.info("source %s: one watermark per edge_node (agents' replayed backlog is on time)", n.id)
     return EdgeReceiver(sources, db, **options)
