@@ -17,8 +17,8 @@ S = 1_000_000
 CFG = WatermarkConfig(max_delay=S, idle_timeout=S, max_future=None, partition_idle_timeout=60 * S)
 
 
-def parts(*values: str) -> np.ndarray:
-    return np.array(values, dtype=object)
+def parts(*values: str) -> pl.Series:
+    return pl.Series(values, dtype=pl.String)
 
 
 def test_the_watermark_is_the_minimum_over_partitions_and_never_goes_back() -> None:

@@ -70,8 +70,7 @@ def ingest_batch(
     ts_np = ts.to_numpy()
     if isinstance(clock, PartitionedSourceClock):
         part = clock.partition_by
-        values = df[part].cast(pl.String).fill_null("").to_numpy() if part in df.columns else None
-        wm, future = clock.assign_partitioned(ts_np, values, ctx.now_us)
+        wm, future = clock.assign_partitioned(ts_np, df[part] if part in df.columns else None, ctx.now_us)
     else:
         wm, future = clock.assign(ts_np, ctx.now_us)
     if other_watermark < END_OF_TIME:

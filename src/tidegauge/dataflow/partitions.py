@@ -22,8 +22,9 @@ too: an upstream that hears from no one (its own network down) keeps its windows
 >>> from tidegauge.dataflow.watermark import WatermarkConfig
 >>> import numpy as np
 >>> clock = PartitionedSourceClock(WatermarkConfig(max_delay=0, max_future=None), partition_by="node")
->>> _ = clock.assign_partitioned(np.array([10, 20]), np.array(["a", "b"], dtype=object), now_us=0)
->>> _ = clock.assign_partitioned(np.array([50]), np.array(["b"], dtype=object), now_us=1)
+>>> import polars as pl
+>>> _ = clock.assign_partitioned(np.array([10, 20]), pl.Series(["a", "b"]), now_us=0)
+>>> _ = clock.assign_partitioned(np.array([50]), pl.Series(["b"]), now_us=1)
 >>> clock.watermark  # held back by partition a
 10
 """
@@ -34,6 +35,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import polars as pl
 from numba import njit
 
 from tidegauge.dataflow.base import NO_WATERMARK
@@ -86,6 +88,7 @@ class PartitionedSourceClock(SourceClock):
         self._max = np.empty(0, np.int64)
         self._seen = np.empty(0, np.int64)  # processing time of each partition's last record (or restore)
         self._restored_pending = False
+        self._enum: pl.Enum | None = None
         self.combined = NO_WATERMARK
         if snapshot is not None:
             for value, top in snapshot.partitions.items():
@@ -116,7 +119,24 @@ class PartitionedSourceClock(SourceClock):
     def _active(self, now_us: int) -> np.ndarray:
         return np.asarray(now_us - self._seen < self.config.partition_idle_timeout, dtype=np.bool_)
 
-    def assign_partitioned(self, ts: np.ndarray, partitions: np.ndarray | None,
+    def _partition_ids(self, partitions: pl.Series | None, n: int, now_us: int) -> np.ndarray:
+        if partitions is None:
+            i = self._ids.get("")
+            return np.full(n, self._add("", NO_WATERMARK, now_us) if i is None else i, np.int64)
+        values = partitions.cast(pl.String).fill_null("")
+        # an Enum's physical codes are the partition ids (category i is partition i): ~20 ns a row
+        if self._enum is not None:
+            try:
+                return values.cast(self._enum).to_physical().to_numpy().astype(np.int64)
+            except pl.exceptions.InvalidOperationError:
+                pass  # a partition not seen before: rare
+        for value in values.unique().to_list():
+            if value not in self._ids:
+                self._add(value, NO_WATERMARK, now_us)
+        self._enum = pl.Enum(list(self._ids))
+        return values.cast(self._enum).to_physical().to_numpy().astype(np.int64)
+
+    def assign_partitioned(self, ts: np.ndarray, partitions: pl.Series | None,
                            now_us: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-record watermarks and the future mask, each record's partition given by ``partitions``
         (its ``partition_by`` values; ``None``: the column is missing, one partition)."""
@@ -125,16 +145,9 @@ class PartitionedSourceClock(SourceClock):
         self.last_arrival_us = now_us
         if ts.size == 0:
             return np.empty(0, np.int64), np.zeros(0, np.bool_)
-        values = np.full(ts.shape[0], "", dtype=object) if partitions is None else partitions
-        pid = np.empty(ts.shape[0], np.int64)
-        uniques, inverse = np.unique(values.astype(str), return_inverse=True)
-        for k, value in enumerate(uniques.tolist()):
-            i = self._ids.get(value)
-            if i is None:
-                i = self._add(value, NO_WATERMARK, now_us)
-            pid[inverse == k] = i
-        active = self._active(now_us)
-        active[np.unique(pid)] = True  # a partition sending now is active
+        pid = self._partition_ids(partitions, ts.shape[0], now_us)
+        present = np.bincount(pid, minlength=len(self._ids)) > 0
+        active = self._active(now_us) | present  # a partition sending now is active
         check = cfg.max_future is not None
         future_ref = NO_WATERMARK
         if check and self.max_event == NO_WATERMARK and self.floor == NO_WATERMARK:
@@ -143,7 +156,7 @@ class PartitionedSourceClock(SourceClock):
                                        cfg.max_future or 0, check, future_ref)
         self.combined = int(combined)
         self.future_ref = future_ref
-        self._seen[np.unique(pid)] = now_us
+        self._seen[present] = now_us
         kept = ts[~future]
         if kept.size:
             self.max_event = max(self.max_event, int(kept.max()))
