@@ -140,6 +140,7 @@ def default_flow(config: AgentConfig, outbox: Outbox, *, clock: Clock | None = N
         scored.then(step, name="alert_rules").sink(OutboxSink(outbox, "alerts"), name="out_alerts")
     return flow
 
+
 _READY_WAIT_S = 60.0
 """Longest the first heartbeat waits for the flow's first batch (far above a cold start on a small gateway)."""
 
