@@ -92,5 +92,6 @@ def test_server_example_is_a_valid_pipeline_file(tmp_path: Path) -> None:
     config = load_pipeline(tmp_path / "served.yaml")
     server = server_config(config, base_dir=tmp_path)
     assert server is not None and server.tls is not None and server.history.postgres is not None
-    assert [t.name for t in server.tokens] == ["gateway", "device-7", "ops"]
+    assert [t.name for t in server.tokens] == ["gateway", "device-7", "ops", "gw-north"]
+    assert server.tokens[1].sensors == ["S00007"] and server.tokens[3].nodes == ["gw-north"]
     build_pipeline(config, base_dir=tmp_path)

@@ -11,7 +11,7 @@
     dead_letter: {file: rejected.jsonl}  # optional: every rejected record, with its reason
     late: {file: late.jsonl}             # optional: records too late for the last window step
     checkpoint: {dir: ./state, interval: 1s, every_batches: 100, keep: 3}
-    watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h}
+    watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h, partition_idle_timeout: 10m}
     batch: {max_rows: 65536, max_delay: 5ms}
 
     server: {port: 8080, tokens: [...]}  # optional: serve HTTP (tidegauge.server.ServerConfig)
@@ -128,6 +128,8 @@ class SourceConfig(msgspec.Struct, **_Strict):
     key: str | None = None
     time: str | None = None
     name: str | None = None
+    partition_by: str | None = None
+    """one watermark per value of this column (e.g. ``edge_node``): :mod:`tidegauge.dataflow.partitions`"""
 
 
 class PostgresSinkSection(msgspec.Struct, **_Strict):
@@ -218,6 +220,7 @@ class WatermarkSection(msgspec.Struct, **_Strict):
     max_delay: str = "0s"
     idle_timeout: str = "10s"
     max_future: str | None = "1h"
+    partition_idle_timeout: str = "10m"
 
 
 class BatchSection(msgspec.Struct, **_Strict):
@@ -423,10 +426,12 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         config.name,
         key=config.key,
         time=config.time,
-        watermark=WatermarkConfig.of(max_delay=wm.max_delay, idle_timeout=wm.idle_timeout, max_future=wm.max_future),
+        watermark=WatermarkConfig.of(max_delay=wm.max_delay, idle_timeout=wm.idle_timeout, max_future=wm.max_future,
+                                     partition_idle_timeout=wm.partition_idle_timeout),
     )
     sources = config.source if isinstance(config.source, list) else [config.source]
-    streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time) for i, s in enumerate(sources)]
+    streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time, partition_by=s.partition_by)
+               for i, s in enumerate(sources)]
     stream = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
     coordinator = None if config.coordinator is None else _coordinator(flow, config, base)
     if coordinator is not None and coordinator[1]:

@@ -208,7 +208,13 @@ def test_heartbeats_carry_real_figures_and_take_the_assignment(tmp_path: Path, c
     assert 0 < hb.resources.memory_pct <= 100
     assert (hb.outbox_depth, hb.outbox_bytes) == (7, 49) and hb.outbox_age_s >= 2
     assert agent.assignment is not None and agent.assignment.generation == 3
-    assert hb.generation == 3 and hb.sensors == ["s1"], "the agent reports the assignment it acts on"
+    assert hb.generation == 0 and hb.sensors == [], "received, not yet applied by the flow: not acknowledged"
+    import polars as pl
+
+    kept = agent.view.keep_assigned(pl.DataFrame({"sensor_id": ["s1", "s2"], "timestamp": [1, 2]}))
+    assert kept["sensor_id"].to_list() == ["s1"]
+    hb = agent.heartbeat()
+    assert hb.generation == 3 and hb.sensors == ["s1"], "the agent reports the assignment its flow acts on"
     # an upstream without a coordinator: 404, logged once, the agent goes on
     caplog.set_level("INFO", logger="tidegauge.edge.agent")
     agent.assignment = None

@@ -27,8 +27,8 @@ def main() -> None:
     sources = edge_sources(root / "intake", durability="os")
     flow = Flow("upstream", watermark=WatermarkConfig.of(max_delay="2s", idle_timeout="2s"))
     for stream, src in sources.items():
-        flow.source(src, key=src.key, time=src.time).sink(FileSink(f"{root}/out/{stream}/", format="jsonl"),
-                                                     name=f"out_{stream}")
+        stream_of = flow.source(src, key=src.key, time=src.time, partition_by="edge_node")
+        stream_of.sink(FileSink(f"{root}/out/{stream}/", format="jsonl"), name=f"out_{stream}")
     runner = Runner(flow, checkpoint=CheckpointConfig(root / "checkpoints", interval="1s"), max_delay="20ms")
     pager = NotifierPager([WebhookNotifier("test", webhook)]) if webhook else None
     receiver = EdgeReceiver(sources, root / "edge.db", pager=pager)

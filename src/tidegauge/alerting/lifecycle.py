@@ -25,6 +25,7 @@ __all__ = [
     "Alert",
     "AlertState",
     "LifecyclePolicy",
+    "RemoteTransition",
     "advance",
     "fingerprint",
     "iso",
@@ -82,6 +83,9 @@ class Alert:
     ack_comment: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     updated_at: int = 0
+    remote: bool = False
+    """raised elsewhere (an edge agent's rules, :meth:`AlertManager.receive`): its state changes only by the
+    transitions received, never by this manager's rules or clock"""
 
     @property
     def acknowledged(self) -> bool:
@@ -103,6 +107,23 @@ class Alert:
             "acknowledged": self.acknowledged,
             "ack": {"by": self.ack_by, "at": iso(self.ack_at), "comment": self.ack_comment} if self.ack_by else None,
         }
+
+
+@dataclass(frozen=True)
+class RemoteTransition:
+    """An alert transition raised elsewhere (an edge agent's rules), for :meth:`AlertManager.receive`.
+
+    ``at`` is when it happened there (microseconds, UTC); ``notify`` whether it should be notified here
+    (``False``: recorded in the alert state only, e.g. an alert that fired and resolved while its agent was
+    offline).
+    """
+
+    rule: str
+    severity: str
+    state: str
+    labels: Mapping[str, str]
+    at_us: int
+    notify: bool
 
 
 def new_alert(fp: str, rule: str, labels: dict[str, str], severity: str, *, now_us: int) -> Alert:

@@ -22,7 +22,7 @@ from tidegauge._time import Clock, Duration, SystemClock, parse_duration
 from tidegauge.alerting.config import AlertingConfig
 from tidegauge.alerting.dispatch import DeliveryPolicy, Dispatcher
 from tidegauge.alerting.grouping import flush_group, group_key, new_group
-from tidegauge.alerting.lifecycle import Alert, advance, fingerprint, new_alert, observe
+from tidegauge.alerting.lifecycle import Alert, RemoteTransition, advance, fingerprint, new_alert, observe
 from tidegauge.alerting.notifiers import Notifier, build_notifier
 from tidegauge.alerting.routing import Inhibitor, Matcher, Route, Silence, compile_route
 from tidegauge.alerting.rules import ACTIVE, ID, SEEN, CompiledRule, compile_rule
@@ -118,7 +118,7 @@ class AlertManager:
         self._ids: dict[str, dict[str, str]] = {r.name: {} for r in self.rules}
         for a in self.alerts.values():
             rule = self._rules.get(a.rule)
-            if rule is not None:
+            if rule is not None and not a.remote:
                 self._ids[a.rule][self._identity(rule, a.labels)] = a.fingerprint
         self.groups: dict[str, GroupState] = {g.key: g for g in self.store.load_groups()}
         self._members: dict[str, set[str]] = {}
@@ -251,11 +251,13 @@ class AlertManager:
                 self._apply(rule, obs, now)
         for alert in list(self.alerts.values()):
             if alert.state == "resolved":
-                if alert.resolved_at is not None and now - alert.resolved_at >= self.retention_us:
+                # a remote alert's resolved_at is its time there, maybe long ago: keep it from when it came
+                since = alert.updated_at if alert.remote else alert.resolved_at
+                if since is not None and now - since >= self.retention_us:
                     self._forget(alert)
                 continue
             owner = self._rules.get(alert.rule)
-            if owner is None:
+            if owner is None or alert.remote:
                 continue
             entered = advance(alert, owner.policy, now_us=now)
             if entered:
@@ -272,6 +274,54 @@ class AlertManager:
         elif self.delivery == "background":
             self.dispatcher.wake()
         return out
+
+    # alerts raised elsewhere -----------------------------------------------------------------------------
+    def receive(self, transitions: Sequence[RemoteTransition], *, labels: Mapping[str, str],
+                now_us: int | None = None) -> int:
+        """Take alert transitions raised elsewhere (an edge agent's rules) into this manager's state.
+
+        Each alert is identified by its labels plus ``labels`` (e.g. ``{"edge_node": "gw-1"}``), keeps the
+        times it had there (``fired_at``/``resolved_at``) and shows in :meth:`list_alerts` like any other.
+        ``firing`` and ``resolved`` transitions with ``notify`` go through the routes, grouping, inhibition,
+        silences and receivers of this manager; the others are recorded only (``pending`` ones are
+        ignored). Returns how many transitions were routed for notification.
+        """
+        with self._lock:
+            now = self._now(now_us)
+            routed = 0
+            for t in transitions:
+                if t.state not in ("firing", "resolved"):
+                    continue
+                merged = {**t.labels, **labels}
+                fp = fingerprint(merged)
+                alert = self.alerts.get(fp)
+                if t.state == "firing":
+                    if alert is not None and alert.state == "firing":
+                        continue  # already firing here: nothing new to say
+                    alert = new_alert(fp, t.rule, merged, t.severity, now_us=t.at_us)
+                    alert.state, alert.fired_at, alert.active, alert.remote = "firing", t.at_us, True, True
+                    self.alerts[fp] = alert
+                    self._gone_alerts.discard(fp)
+                else:
+                    if alert is not None and alert.state == "resolved":
+                        continue
+                    if alert is None:  # its firing came before this store existed, or was not kept
+                        alert = new_alert(fp, t.rule, merged, t.severity, now_us=t.at_us)
+                        alert.remote = True
+                        self.alerts[fp] = alert
+                    alert.state, alert.resolved_at, alert.active = "resolved", t.at_us, False
+                alert.updated_at = now
+                self._dirty_alerts.add(fp)
+                if t.notify:
+                    self._route_alert(alert, now)
+                    routed += 1
+            self._flush(now)
+            self._commit(now)
+            if self.delivery == "inline":
+                self.dispatcher.deliver_due(now)
+            elif self.delivery == "background":
+                self.dispatcher.wake()
+            return routed
 
     def muted(self, now_us: int | None = None) -> dict[str, str]:
         """Firing alerts that are not notified: fingerprint -> ``silence:<id>`` or ``inhibited:<fingerprint>``."""

@@ -61,8 +61,11 @@ def agent(
     location: Annotated[str | None, _opt("lat,lon of the gateway (for geo assignment).", "LOCATION",
                                          "--location")] = None,
     labels: Annotated[str | None, _opt("Labels, e.g. site=north,line=2.", "LABELS", "--labels")] = None,
-    follow_assignment: Annotated[bool, _opt("Process only the sensors the coordinator assigns (once it has).",
+    follow_assignment: Annotated[bool, _opt("Process only the sensors the coordinator assigns (none before it "
+                                            "has; all if the upstream has no coordinator). Default pipeline only.",
                                             "FOLLOW_ASSIGNMENT", "--follow-assignment/--all-sensors")] = False,
+    capacity: Annotated[int, _opt("How many sensors the agent is willing to process (assignment strategies "
+                                  "weigh agents by it).", "CAPACITY", "--capacity")] = 1000,
 ) -> None:
     """Run the edge agent until Ctrl-C: local pipeline, durable outbox, forwarding upstream."""
     import msgspec
@@ -86,6 +89,11 @@ def agent(
                 raise ConfigError(f"{flag}: {stream!r} is not forwarded (--forward {forward})")
             v: object = parse_size(value, name=flag) if field == "max_bytes" else value
             streams[stream] = msgspec.structs.replace(streams[stream], **{field: v})
+    if follow_assignment and pipeline is not None:
+        raise ConfigError("--follow-assignment works with the default pipeline only (its first step keeps the "
+                          "assigned sensors); drop --pipeline or --follow-assignment")
+    if capacity < 1:
+        raise ConfigError(f"--capacity {capacity}: use at least 1")
     loc = None
     if location:
         try:
@@ -97,7 +105,8 @@ def agent(
                          fsync=fsync, uplink=UplinkConfig(batch_records=batch_records),  # type: ignore[arg-type]
                          checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
                          sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
-                         location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment)
+                         location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment,
+                         capacity=capacity)
     flow = None
     if pipeline is not None:
         from tidegauge.edge.sink import agent_outbox

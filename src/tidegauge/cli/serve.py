@@ -41,7 +41,8 @@ def serve(
                                                    envvar="TIDEGAUGE_HASH_TOKEN", show_envvar=True)] = None,
     edge_db: Annotated[Path | None, typer.Option(
         "--edge-db", help="Accept edge agents' batches (POST /api/v1/edge/batches), de-duplicated in this SQLite "
-        "file: stream X goes to the http source named edge_X, others to the first http source.",
+        "file: stream X goes to the http source named edge_X, others to the first http source. With an "
+        "'alerts:' section, edge alert transitions that should page go to its receivers.",
         envvar="TIDEGAUGE_EDGE_DB", show_envvar=True)] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="Log lines as 'text' or 'json' (one object each).",
                                             envvar="TIDEGAUGE_LOG_FORMAT", show_envvar=True)] = "text",
@@ -69,7 +70,11 @@ def serve(
     if edge_db is not None:
         from tidegauge.edge.receiver import receiver_for_flow
 
-        receiver = receiver_for_flow(runner.flow, edge_db)
+        manager = None if built.alerting is None else built.alerting.manager
+        if manager is None:
+            logger.warning("edge alerts are recorded, not paged: add an 'alerts:' section (its receivers page "
+                           "them) to %s", pipeline)
+        receiver = receiver_for_flow(runner.flow, edge_db, alerts=manager)
     result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver)
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "
                f"{result.checkpoints} checkpoints")

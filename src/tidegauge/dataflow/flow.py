@@ -58,6 +58,7 @@ class _Node:
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (node id, port)
     key_column: str = "sensor_id"
     time_column: str = "timestamp"
+    partition_by: str | None = None  # sources: one watermark per value of this column
 
 
 class Flow:
@@ -108,11 +109,18 @@ class Flow:
         return f"{base}_{n}"
 
     def source(
-        self, source: SourceDefinition, *, key: str | None = None, time: str | None = None
+        self, source: SourceDefinition, *, key: str | None = None, time: str | None = None,
+        partition_by: str | None = None,
     ) -> Stream:
-        """Add a source; returns its stream of records."""
+        """Add a source; returns its stream of records.
+
+        ``partition_by`` names a column whose values are independent event-time streams (e.g. ``edge_node``
+        when many edge agents feed one source): each gets its own watermark, and the source's is their
+        minimum (:mod:`tidegauge.dataflow.partitions`).
+        """
         node_id = self._new_id("source", None, default=getattr(source, "name", None))
-        self.nodes[node_id] = _Node(node_id, "source", source, [], key or self.key, time or self.time)
+        self.nodes[node_id] = _Node(node_id, "source", source, [], key or self.key, time or self.time,
+                                    partition_by)
         return Stream(self, node_id)
 
     def dead_letters(self) -> Stream:

@@ -16,6 +16,7 @@ import polars as pl
 
 from tidegauge._time import format_duration, timestamp_column_to_micros
 from tidegauge.dataflow.base import END_OF_TIME, ERROR, INTERNAL_COLUMNS, KEY_ID, RAW, TS, WM, StepContext
+from tidegauge.dataflow.partitions import PartitionedSourceClock
 from tidegauge.dataflow.watermark import SourceClock
 
 __all__ = ["ingest_batch"]
@@ -67,7 +68,11 @@ def ingest_batch(
     if not df.height:
         return df
     ts_np = ts.to_numpy()
-    wm, future = clock.assign(ts_np, ctx.now_us)
+    if isinstance(clock, PartitionedSourceClock):
+        part = clock.partition_by
+        wm, future = clock.assign_partitioned(ts_np, df[part] if part in df.columns else None, ctx.now_us)
+    else:
+        wm, future = clock.assign(ts_np, ctx.now_us)
     if other_watermark < END_OF_TIME:
         wm = np.minimum(wm, other_watermark)
     normalised = [] if df.schema[time] == _UTC_US else [pl.Series(time, ts_np).cast(_UTC_US)]

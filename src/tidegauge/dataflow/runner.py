@@ -36,6 +36,7 @@ from tidegauge.dataflow.flow import Flow
 from tidegauge.dataflow.ingest import ingest_batch
 from tidegauge.dataflow.keys import KeyDictionary, KeyDictionarySnapshot
 from tidegauge.dataflow.metrics import FlowMetrics, reason_class
+from tidegauge.dataflow.partitions import PartitionedSourceClock
 from tidegauge.dataflow.watermark import SourceClock, SourceClockSnapshot
 from tidegauge.errors import CheckpointError, ConnectorError
 
@@ -298,9 +299,9 @@ class Runner:
             self._ctx[node.id] = StepContext(node.id, node.key_column, node.time_column, self.keys)
             d = node.definition
             if node.kind == "source":
-                self._clocks[node.id] = SourceClock(
-                    self.flow.watermark, load(f"clock:{node.id}", SourceClockSnapshot)
-                )
+                clock_snap = load(f"clock:{node.id}", SourceClockSnapshot)
+                self._clocks[node.id] = SourceClock(self.flow.watermark, clock_snap) if node.partition_by is None \
+                    else PartitionedSourceClock(self.flow.watermark, clock_snap, partition_by=node.partition_by)
                 state = load(f"source:{node.id}", d.snapshot_type)
                 self._sources[node.id] = d.build(state)
                 self._positions[node.id] = state

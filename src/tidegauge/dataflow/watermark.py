@@ -42,11 +42,16 @@ class WatermarkConfig:
         After this much processing time with no record, a source's event time advances with the wall clock.
     max_future:
         Records stamped more than this ahead of the watermark are dead-lettered (``None`` disables the check).
+    partition_idle_timeout:
+        For sources with ``partition_by``: how long the source's watermark waits for a quiet partition
+        (:mod:`tidegauge.dataflow.partitions`). Ten minutes by default: an edge outage that short replays
+        on time; every window of the source waits that long for a partition gone quiet.
     """
 
     max_delay: int = 0
     idle_timeout: int = 10_000_000
     max_future: int | None = 3_600_000_000
+    partition_idle_timeout: int = 600_000_000
 
     @classmethod
     def of(
@@ -55,11 +60,13 @@ class WatermarkConfig:
         max_delay: Duration = 0,
         idle_timeout: Duration = "10s",
         max_future: Duration | None = "1h",
+        partition_idle_timeout: Duration = "10m",
     ) -> WatermarkConfig:
         return cls(
             max_delay=parse_duration(max_delay, name="watermark.max_delay"),
             idle_timeout=parse_duration(idle_timeout, name="watermark.idle_timeout"),
             max_future=None if max_future is None else parse_duration(max_future, name="watermark.max_future"),
+            partition_idle_timeout=parse_duration(partition_idle_timeout, name="watermark.partition_idle_timeout"),
         )
 
 
@@ -67,6 +74,10 @@ class SourceClockSnapshot(msgspec.Struct, frozen=True, tag="source-clock/1"):
     max_event: int
     floor: int
     finished: bool
+    partitions: dict[str, int] = {}
+    """with ``partition_by``: each partition's newest event time"""
+    combined: int = NO_WATERMARK
+    """with ``partition_by``: the minimum over partitions last in force"""
 
 
 @njit(cache=True, nogil=True)

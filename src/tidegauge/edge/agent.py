@@ -9,6 +9,8 @@ forwarded stream ending in an :class:`~tidegauge.edge.sink.OutboxSink`. Checkpoi
     data_dir/checkpoints/    the flow's checkpoints
     data_dir/alerts.db       local alert state
     data_dir/agent.json      the simulator's start time (so a restart continues the same stream)
+    data_dir/assignments.jsonl  with --follow-assignment: when the agent processed which sensors
+                             (:mod:`tidegauge.edge.follow`)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import msgspec
 
 from tidegauge._time import Clock, SystemClock, parse_duration
+from tidegauge.edge.follow import AssignmentView
 from tidegauge.edge.heartbeat import Assignment, Heartbeat, probe_resources
 from tidegauge.edge.outbox import FsyncPolicy, Outbox, StreamPolicy
 from tidegauge.edge.sink import OutboxSink
@@ -43,43 +46,6 @@ DEFAULT_STREAMS: dict[str, StreamPolicy] = {
     "windows": StreamPolicy(priority=2),
     "readings": StreamPolicy(priority=1),
 }
-
-
-@dataclass
-class AssignmentView:
-    """The coordinator's latest :class:`Assignment`, shared by the heartbeat loop and the flow.
-
-    With ``follow`` (``--follow-assignment``), once an assignment with a generation > 0 has come, the
-    flow processes only the assigned sensors (the readings of others are dropped at the source, counted in
-    ``skipped``), and anomalies only of sensors whose detection runs on the ``edge``.
-    """
-
-    follow: bool = False
-    assignment: Assignment | None = None
-    skipped: int = 0
-
-    def active(self) -> Assignment | None:
-        a = self.assignment
-        return a if self.follow and a is not None and a.generation > 0 else None
-
-    def keep_assigned(self, df: Any) -> Any:
-        import polars as pl
-
-        a = self.active()
-        if a is None or not df.height:
-            return df
-        out = df.filter(pl.col("sensor_id").is_in(a.sensors))
-        self.skipped += df.height - out.height
-        return out
-
-    def keep_edge_detection(self, df: Any) -> Any:
-        import polars as pl
-
-        a = self.active()
-        if a is None or not a.detection or not df.height:
-            return df
-        cloud = [s for s, where in a.detection.items() if where == "cloud"]
-        return df.filter(~pl.col("sensor_id").is_in(cloud)) if cloud else df
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,6 +141,10 @@ def default_flow(config: AgentConfig, outbox: Outbox, *, clock: Clock | None = N
     return flow
 
 
+_READY_WAIT_S = 60.0
+"""Longest the first heartbeat waits for the flow's first batch (far above a cold start on a small gateway)."""
+
+
 @dataclass
 class EdgeAgent:
     """A running agent's parts (built by :func:`run_agent`; exposed for tests and the metrics server)."""
@@ -209,40 +179,56 @@ class EdgeAgent:
             if st.oldest_at_us is not None:
                 oldest = st.oldest_at_us if oldest is None else min(oldest, st.oldest_at_us)
         now_us = self.uplink.clock.now_us()
-        n = sum(self.runner.metrics.records_in.values())
+        # a following agent's load is what it keeps, not every reading its source sees
+        n = self.view.processed if self.view.follow else sum(self.runner.metrics.records_in.values())
         t = time.monotonic()
         load = (n - self._last_in) / max(t - self._last_t, 1e-6)
         self._last_in, self._last_t = n, t
-        # only an agent that follows its assignment acknowledges it (the coordinator hands sensors over on it)
-        a = self.view.active()
+        # only an agent that follows its assignment acknowledges it (the coordinator hands sensors over on
+        # it), and only what its flow applies
+        view = self.view
         return Heartbeat(node_id=self.config.node_id, sent_at_us=now_us, version=__version__,
                          location=self.config.location, capacity=self.config.capacity,
                          labels=dict(self.config.labels), resources=probe_resources(self.config.data_dir),
                          load=load, outbox_depth=depth, outbox_bytes=size,
                          outbox_age_s=0.0 if oldest is None else max(0.0, (now_us - oldest) / 1e6),
-                         link=self.uplink.link, sensors=list(a.sensors) if a else [],
-                         generation=a.generation if a else 0)
+                         link=self.uplink.link, sensors=view.applied_sensors,
+                         generation=view.applied_generation if view.follow else 0)
 
     async def heartbeats(self, stop: asyncio.Event) -> None:
         """POST a heartbeat every interval; an upstream without a coordinator (404) is logged once."""
         interval = parse_duration(self.config.heartbeat_interval) / 1e6
         told_404 = False
+        told_refused = ""
+        # Register once the flow has taken its first batch: building it (numba kernels, first imports) can
+        # hold the event loop for seconds, and an agent that goes silent right after registering would be
+        # declared offline and have its sensors moved about. Bounded, so a stuck flow still shows up.
+        deadline = time.monotonic() + _READY_WAIT_S
+        while getattr(self.runner.metrics, "batches", 1) == 0 and time.monotonic() < deadline \
+                and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.05)
         while not stop.is_set():
             try:
                 hb = await asyncio.to_thread(self.heartbeat)
+                sent = self.view.clock()  # the lease counts from sending a heartbeat that got an answer
                 resp = await self.uplink.client.post("/api/v1/edge/heartbeat", content=hb.encode(),
                                                      headers={"Content-Type": "application/json"})
                 if resp.status_code == 200:
-                    self.assignment = msgspec.json.decode(resp.content, type=Assignment)
+                    self.view.received(msgspec.json.decode(resp.content, type=Assignment), sent_at=sent)
                     self.heartbeats_sent += 1
                 elif resp.status_code == 404:
+                    self.view.no_coordinator = True
                     if not told_404:
-                        logger.info("upstream %s has no coordinator (404 on heartbeats); going on without",
-                                    self.config.upstream)
+                        logger.info("upstream %s has no coordinator (404 on heartbeats); going on without%s",
+                                    self.config.upstream, " (processing every sensor)" if self.view.follow else "")
                         told_404 = True
                 else:
                     self.heartbeat_failures += 1
-                    logger.debug("heartbeat answered %d", resp.status_code)
+                    refused = resp.status_code in (401, 403)  # a token problem: no retry fixes it, say so
+                    log = logger.warning if refused and told_refused != resp.text else logger.debug
+                    log("heartbeat refused by %s: %d %s", self.config.upstream, resp.status_code, resp.text[:300])
+                    told_refused = resp.text if refused else told_refused
             except Exception as exc:  # a heartbeat never stops the agent; the uplink reports the link
                 self.heartbeat_failures += 1
                 logger.debug("heartbeat failed: %s", exc)
@@ -263,6 +249,8 @@ class EdgeAgent:
                                       "acked_seq": s.acked_seq, "drops": s.drops}
                            for s in self.outbox.all_stats()},
                 "assignment": None if self.assignment is None else msgspec.to_builtins(self.assignment),
+                "processing": {"generation": self.view.applied_generation,
+                               "sensors": len(self.view.applied_sensors)} if self.view.follow else None,
                 "skipped_unassigned": self.view.skipped}
 
 
@@ -279,7 +267,10 @@ async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | Non
     data_dir.mkdir(parents=True, exist_ok=True)
     clock = clock or SystemClock()
     outbox = Outbox(data_dir / "outbox.db", config.streams, fsync=config.fsync, clock=clock)
-    view = AssignmentView(follow=config.follow_assignment)
+    if config.follow_assignment and callable(flow):
+        raise ValueError("follow_assignment works with the default pipeline (its first step keeps the assigned "
+                         "sensors); a pipeline of your own would process every sensor")
+    view = AssignmentView(follow=config.follow_assignment, log=data_dir / "assignments.jsonl")
     built = flow(outbox) if callable(flow) else default_flow(config, outbox, clock=clock, view=view)
     runner = Runner(built, max_delay="20ms",
                     checkpoint=CheckpointConfig(data_dir / "checkpoints", interval=config.checkpoint_interval))

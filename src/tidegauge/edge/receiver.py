@@ -1,4 +1,5 @@
-"""The upstream end of the uplink: ``POST /api/v1/edge/batches`` (scope ``ingest``).
+"""The upstream end of the uplink: ``POST /api/v1/edge/batches`` (scope ``ingest``; a token configured with
+``nodes`` may only send the batches of those node ids, 403 otherwise).
 
 Each batch (see :mod:`tidegauge.edge.wire`) is de-duplicated by ``(agent, stream, sequence)``: the receiver
 keeps, per agent and stream, the highest sequence number it has (the records are contiguous, so that one
@@ -11,9 +12,13 @@ Surviving a restart: the records carry ``edge_node``/``edge_stream``/``edge_seq`
 opens it also scans the intake logs and takes the highest sequence found there: a crash between the log
 append and the SQLite update does not forget what was appended.
 
-Alerts: for the streams named in ``alert_streams`` the receiver calls ``pager`` with the transitions that
-should page (``edge_page`` true): a replayed alert that resolved while the link was down is recorded (in
-the flow, like every record) and not paged.
+Alerts: for the streams named in ``alert_streams`` the receiver hands every ``firing``/``resolved``
+transition to ``alerts`` (the upstream :class:`~tidegauge.alerting.AlertManager`, as ``tidegauge serve
+--edge-db`` does for a pipeline with an ``alerts:`` section): those that should page (``edge_page`` true)
+go through its routes, silences, inhibition and receivers with their original times; the others (a
+replayed alert that resolved while the link was down) are recorded in its alert state only, labelled
+``edge_node``. ``pager`` (e.g. :class:`NotifierPager`) is the simpler hook: it gets the transitions to page.
+Every record also goes into the flow, like any other.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import polars as pl
@@ -36,12 +42,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from tidegauge.alerting.lifecycle import RemoteTransition
 from tidegauge.alerting.notifiers import Notifier
 from tidegauge.connectors.http import ACCEPTED, READING_SCHEMA, FieldType, HttpIngestSource
 from tidegauge.edge import wire
 from tidegauge.server.ingest import error, json_response
 
-__all__ = ["DEFAULT_SCHEMAS", "EDGE_FIELDS", "EdgeReceiver", "NotifierPager", "edge_sources", "receiver_for_flow"]
+if TYPE_CHECKING:
+    from tidegauge.alerting.manager import AlertManager
+
+__all__ = ["DEFAULT_SCHEMAS", "EDGE_FIELDS", "EdgeReceiver", "NotifierPager", "edge_sources", "receiver_for_flow",
+           "remote_transition"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +75,9 @@ class EdgeReceiver:
         Streams whose records are alert transitions (``fingerprint``, ``state``, ``at``, ...).
     pager:
         Called with the transitions to notify for (see :class:`NotifierPager`).
+    alerts:
+        The upstream alert manager: every transition is recorded there, those to page are notified through
+        its routes and receivers (see the module docstring).
     max_body_bytes:
         Largest batch accepted (413 above).
     order_timeout_s:
@@ -72,12 +86,14 @@ class EdgeReceiver:
 
     def __init__(self, sources: Mapping[str, HttpIngestSource], db: str | Path, *,
                  alert_streams: Sequence[str] = ("alerts",), pager: Pager | None = None,
-                 max_body_bytes: int = 32 * 1024 * 1024, order_timeout_s: float = 5.0) -> None:
+                 alerts: AlertManager | None = None, max_body_bytes: int = 32 * 1024 * 1024,
+                 order_timeout_s: float = 5.0) -> None:
         if not sources:
             raise ValueError("EdgeReceiver needs at least one source (stream name -> HttpIngestSource)")
         self.sources = dict(sources)
         self.alert_streams = frozenset(alert_streams)
         self.pager = pager
+        self.alerts = alerts
         self.max_body_bytes = max_body_bytes
         self.path = Path(db)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +172,9 @@ class EdgeReceiver:
         if not node or not stream or first < 1 or last < first or not 0 <= prev < first:
             return error(400, f"bad batch {wire.idempotency_key(node, stream, first, last)}: sequence numbers "
                               f"start at 1, last >= first and 0 <= {wire.PREV} < first")
+        refusal = who.edge_refusal(node)
+        if refusal is not None:
+            return error(403, refusal)
         source = self.sources.get(stream, self.sources.get("*"))
         if source is None:
             return error(404, f"no upstream source takes edge stream {stream!r}; configure one")
@@ -212,9 +231,32 @@ class EdgeReceiver:
                 self.pager(node, pages)
             except Exception:  # a failing pager must not fail the batch: the records are stored already
                 logger.exception("edge %s: paging %d alert transitions failed", node, len(pages))
+        if self.alerts is not None:
+            try:
+                self.alerts.receive([remote_transition(r) for r in records], labels={"edge_node": node})
+            except Exception:  # as above: the records are stored; the alert state misses these transitions
+                logger.exception("edge %s: recording %d alert transitions failed", node, len(records))
 
     def close(self) -> None:
         self._db.close()
+
+
+def remote_transition(record: Mapping[str, Any]) -> RemoteTransition:
+    """An edge alert record (``at``, ``rule``, ``severity``, ``state``, ``labels`` JSON, ``edge_page``) for
+    :meth:`~tidegauge.alerting.AlertManager.receive`."""
+    raw = record.get("labels") or "{}"
+    try:
+        labels = msgspec.json.decode(raw) if isinstance(raw, str | bytes) else dict(raw)
+    except msgspec.DecodeError:
+        labels = {"labels": str(raw)}
+    at = record.get("at")
+    if isinstance(at, str):
+        at_us = int(datetime.fromisoformat(at).timestamp() * 1_000_000)
+    else:
+        at_us = int(at) if at is not None else int(time.time() * 1_000_000)
+    return RemoteTransition(rule=str(record.get("rule", "")), severity=str(record.get("severity", "")),
+                            state=str(record.get("state", "")), labels={str(k): str(v) for k, v in labels.items()},
+                            at_us=at_us, notify=record.get("edge_page") is True)
 
 
 class NotifierPager:
@@ -302,8 +344,9 @@ def edge_sources(log_dir: str | Path, streams: Sequence[str] = tuple(DEFAULT_SCH
                  durability: Literal["fsync", "os"] = "fsync") -> dict[str, HttpIngestSource]:
     """One :class:`HttpIngestSource` per stream of the agent's default pipeline (``log_dir/<stream>``).
 
-    Add them to the upstream flow (``flow.source(src, name=...)``) and pass the mapping to
-    :class:`EdgeReceiver`.
+    Add them to the upstream flow with one watermark per agent (``flow.source(src, key=src.key,
+    time=src.time, partition_by="edge_node")``: an agent's replayed backlog is then on time, see
+    :mod:`tidegauge.dataflow.partitions`) and pass the mapping to :class:`EdgeReceiver`.
     """
     out = {}
     for s in streams:
@@ -317,13 +360,24 @@ def edge_sources(log_dir: str | Path, streams: Sequence[str] = tuple(DEFAULT_SCH
 
 def receiver_for_flow(flow: Any, db: str | Path, **options: Any) -> EdgeReceiver:
     """An :class:`EdgeReceiver` over a flow's HTTP sources: stream ``X`` -> the source named ``edge_X``,
-    any other stream -> the first HTTP source (``tidegauge serve --edge-db``)."""
-    http = [n.definition for n in flow.nodes.values()
-            if n.kind == "source" and isinstance(n.definition, HttpIngestSource)]
+    any other stream -> the first HTTP source (``tidegauge serve --edge-db``).
+
+    Each of those sources whose schema has ``edge_node`` gets one watermark per agent
+    (``partition_by="edge_node"``, unless it has a ``partition_by`` already), so the backlog an agent
+    replays after an outage is judged by its own event time, not the other agents'
+    (:mod:`tidegauge.dataflow.partitions`). Call it before the flow runs.
+    """
+    nodes = [n for n in flow.nodes.values() if n.kind == "source" and isinstance(n.definition, HttpIngestSource)]
+    http = [n.definition for n in nodes]
     if not http:
         from tidegauge.errors import ConfigError
 
         raise ConfigError("edge batches need an http source in the pipeline (source: {http: {...}})")
     sources = {str(s.name)[len("edge_"):]: s for s in http if str(s.name).startswith("edge_")}
     sources.setdefault("*", http[0])
+    fed = {id(s) for s in sources.values()}
+    for n in nodes:
+        if id(n.definition) in fed and n.partition_by is None and "edge_node" in n.definition.schema:
+            n.partition_by = "edge_node"
+            logger.info("source %s: one watermark per edge_node (agents' replayed backlog is on time)", n.id)
     return EdgeReceiver(sources, db, **options)

@@ -23,14 +23,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's name, scopes and (for device tokens) the sensors it may write."""
+    """Who is calling: the token's name, scopes, and (for device tokens) the sensors it may write or (for
+    edge agents' tokens) the edge nodes it may act as."""
 
     name: str
     scopes: frozenset[str]
     sensors: frozenset[str] | None = None
+    nodes: frozenset[str] | None = None
 
     def may_write(self, sensor_id: str) -> bool:
         return self.sensors is None or sensor_id in self.sensors
+
+    def edge_refusal(self, node_id: str) -> str | None:
+        """Why this token may not act as edge node ``node_id`` (``None``: it may)."""
+        if self.sensors is not None:
+            return (f"token {self.name!r} is limited to sensors and may not act as an edge node; give the agent "
+                    "a token of its own (server.tokens[].nodes)")
+        if self.nodes is not None and node_id not in self.nodes:
+            return (f"token {self.name!r} may not act as edge node {node_id!r} (it may act as "
+                    f"{', '.join(sorted(self.nodes))})")
+        return None
 
 
 ANONYMOUS = Principal("anonymous", frozenset())
@@ -55,7 +67,7 @@ class Authenticator:
                 found = t
         if found is None:
             return None
-        return Principal(found.name, found.scopes, found.sensors)
+        return Principal(found.name, found.scopes, found.sensors, found.nodes)
 
 
 class RateLimiter:

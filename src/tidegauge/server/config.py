@@ -8,6 +8,7 @@
       tokens:
         - {name: gateway, hash: "sha256:9f86d0...", scopes: [ingest]}
         - {name: device-7, env: TG_TOKEN_DEVICE7, scopes: [ingest], sensors: [S00007]}
+        - {name: gw-north, env: TG_TOKEN_GW_NORTH, scopes: [ingest], nodes: [gw-north]}
         - {name: ops, env: TG_TOKEN_OPS, scopes: [read, admin]}
       tls: {cert: server.pem, key: server.key}
       open_metrics: false
@@ -19,6 +20,12 @@ Tokens are never stored in clear: a token is given as ``hash`` (``sha256:<hex>``
 ``tidegauge serve --hash-token``) or as the name of an environment variable holding the clear token,
 which :func:`resolve_tokens` (the server's config layer, the one place that reads the environment)
 hashes at start-up.
+
+``sensors`` limits a device's token to its own readings; ``nodes`` limits an edge agent's token to the
+edge node ids it may act as (its heartbeats and forwarded batches: ``/api/v1/edge/heartbeat`` and
+``/api/v1/edge/batches`` answer 403 for any other ``node_id``). A token without ``nodes`` may act as any
+node, and a token with ``sensors`` may not send edge batches or heartbeats at all (a batch carries
+many sensors' records: give the gateway its own token with ``nodes``).
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ class TokenConfig(msgspec.Struct, **_Strict):
     env: str | None = None
     sensors: list[str] | None = None
     """if set, the token may only write readings of these sensor ids"""
+    nodes: list[str] | None = None
+    """if set, the token may only act as these edge node ids (heartbeats and forwarded batches)"""
 
 
 class TlsConfig(msgspec.Struct, **_Strict):
@@ -138,6 +147,14 @@ class ServerConfig(msgspec.Struct, **_Strict):
                                   "(make one with `tidegauge serve --hash-token`)")
             if not t.scopes:
                 raise ConfigError(f"server.tokens[{t.name}].scopes: give at least one of {', '.join(SCOPES)}")
+            for field in ("sensors", "nodes"):
+                ids = getattr(t, field)
+                if ids is not None and (not ids or any(not i.strip() for i in ids)):
+                    raise ConfigError(f"server.tokens[{t.name}].{field}: list at least one non-empty id "
+                                      f"(or leave '{field}' out: no limit)")
+            if t.sensors is not None and t.nodes is not None:
+                raise ConfigError(f"server.tokens[{t.name}]: give 'sensors' (a device's token) or 'nodes' (an edge "
+                                  "agent's token), not both")
 
     @property
     def body_limit(self) -> int:
@@ -168,12 +185,13 @@ def hash_token(token: str) -> str:
 
 
 class ResolvedToken(msgspec.Struct, frozen=True):
-    """A token ready for checking: its name, digest (never the clear token), scopes and sensors."""
+    """A token ready for checking: its name, digest (never the clear token), scopes, sensors and nodes."""
 
     name: str
     digest: bytes
     scopes: frozenset[str]
     sensors: frozenset[str] | None
+    nodes: frozenset[str] | None = None
 
 
 def resolve_tokens(config: ServerConfig, environ: Mapping[str, str]) -> list[ResolvedToken]:
@@ -188,5 +206,6 @@ def resolve_tokens(config: ServerConfig, environ: Mapping[str, str]) -> list[Res
         else:
             digest = t.hash or ""
         out.append(ResolvedToken(t.name, bytes.fromhex(digest.split(":", 1)[1]), frozenset(t.scopes),
-                                 None if t.sensors is None else frozenset(t.sensors)))
+                                 None if t.sensors is None else frozenset(t.sensors),
+                                 None if t.nodes is None else frozenset(t.nodes)))
     return out

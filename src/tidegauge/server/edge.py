@@ -8,7 +8,9 @@
 ``GET /api/v1/edge/assignments`` read    one object per sensor: agent, target, handover state, detection
 ===============================  ======  ===========================================================
 
-Heartbeats need the ``ingest`` scope: the token an agent already has to forward its data upstream.
+Heartbeats need the ``ingest`` scope: the token an agent already has to forward its data upstream. A token
+configured with ``nodes`` may only send heartbeats as those node ids (403 otherwise), so one agent's token
+cannot take over another agent's sensors.
 :class:`EdgeCollector` exports the coordinator's state at scrape time through ``/metrics``.
 """
 
@@ -67,6 +69,9 @@ class _EdgeApi:
             return error(400, f"not a valid heartbeat: {exc}")
         if not hb.node_id.strip():
             return error(400, "not a valid heartbeat: node_id is empty")
+        refusal = who.edge_refusal(hb.node_id)
+        if refusal is not None:
+            return error(403, refusal)
         assignment = self.coordinator.heartbeat(hb)
         return Response(msgspec.json.encode(assignment), media_type="application/json")
 
