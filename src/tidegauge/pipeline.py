@@ -11,7 +11,7 @@
     dead_letter: {file: rejected.jsonl}  # optional: every rejected record, with its reason
     late: {file: late.jsonl}             # optional: records too late for the last window step
     checkpoint: {dir: ./state, interval: 1s, every_batches: 100, keep: 3}
-    watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h, partition_idle_timeout: 10m}
+    watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h, partition_idle_timeout: 10m, future_window: 1024}
     batch: {max_rows: 65536, max_delay: 5ms}
 
     server: {port: 8080, tokens: [...]}  # optional: serve HTTP (tidegauge.server.ServerConfig)
@@ -221,6 +221,7 @@ class WatermarkSection(msgspec.Struct, **_Strict):
     idle_timeout: str = "10s"
     max_future: str | None = "1h"
     partition_idle_timeout: str = "10m"
+    future_window: int = 1024
 
 
 class BatchSection(msgspec.Struct, **_Strict):
@@ -277,6 +278,10 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         if len(given) != 1:
             raise ConfigError(f"{path}: at {where}: give exactly one of {', '.join(kinds)} "
                               f"(e.g. 'file: out.parquet'), got {', '.join(given) or 'none'}")
+    try:
+        _watermark(config.watermark)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: at $.watermark: {exc}") from None
     if config.server is not None:
         try:
             server_config(config)
@@ -297,6 +302,11 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     elif any(next(iter(step)) == "cloud_only" for step in config.steps):
         raise ConfigError(f"{path}: a cloud_only step needs a 'coordinator:' section (e.g. 'coordinator: {{}}')")
     return config
+
+
+def _watermark(wm: WatermarkSection) -> WatermarkConfig:
+    return WatermarkConfig.of(max_delay=wm.max_delay, idle_timeout=wm.idle_timeout, max_future=wm.max_future,
+                              partition_idle_timeout=wm.partition_idle_timeout, future_window=wm.future_window)
 
 
 def _check_coordinator(config: PipelineConfig, path: Path) -> None:
@@ -426,8 +436,7 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         config.name,
         key=config.key,
         time=config.time,
-        watermark=WatermarkConfig.of(max_delay=wm.max_delay, idle_timeout=wm.idle_timeout, max_future=wm.max_future,
-                                     partition_idle_timeout=wm.partition_idle_timeout),
+        watermark=_watermark(wm),
     )
     sources = config.source if isinstance(config.source, list) else [config.source]
     streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time, partition_by=s.partition_by)
