@@ -14,7 +14,7 @@
     watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h, partition_idle_timeout: 10m, future_window: 1024}
     batch: {max_rows: 65536, max_delay: 5ms}
 
-    server: {port: 8080, tokens: [...]}  # optional: serve HTTP (tidegauge.server.ServerConfig)
+    server: {port: 8080, tokens: [...]}  # optional: serve HTTP and the dashboard (tidegauge.server.ServerConfig)
     alerts: {rules: rules.yaml, store: alerts.db, streams: [readings, windows]}  # optional: alert rules
                                          # (tidegauge.alerting.pipeline_section)
     coordinator: {strategy: consistent_hash, heartbeat_timeout: 15s}  # optional: edge coordinator
@@ -36,6 +36,7 @@ path inside it and what to write instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,6 +427,11 @@ class BuiltPipeline:
     """the ``alerts:`` section's :class:`~tidegauge.alerting.pipeline_section.PipelineAlerting` (or ``None``)"""
     coordinator: Any = None
     """the :class:`~tidegauge.edge.coordinator.Coordinator` of a ``coordinator:`` section"""
+    readings: Stream | None = None
+    """the readings: the stream entering the first window step (the scored one when a ``detect`` step comes
+    before it), or the last stream when there is no window step (what alerts and the dashboard watch)"""
+    windows: list[Stream] = dataclasses.field(default_factory=list)
+    """every window step's output, in file order"""
 
 
 def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> BuiltPipeline:
@@ -484,7 +490,7 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
 
         alerting = build_alerts(config.alerts, flow, readings=readings or stream, windows=windows, base_dir=base)
     return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay, alerting,
-                         None if coordinator is None else coordinator[0])
+                         None if coordinator is None else coordinator[0], readings or stream, windows)
 
 
 def _coordinator(flow: Flow, config: PipelineConfig, base: Path) -> tuple[Any, bool]:
