@@ -30,23 +30,25 @@ record vote on it, so in a two-record history a lone fast record is outvoted rat
 one record is cheap, a watermark pushed hours ahead makes everything after it late.
 
 A stream whose clock **jumps forward for good** (one device, or a whole fleet whose gateway clock was
-reset) is believed once the jumped records are more than half of the last ``future_window``: its first
+reset) is believed once the jumped records make up half of the last ``future_window``: its first
 ``future_window / 2`` records after the jump are dead-lettered with the reason, then the watermark
 follows. A shorter burst of fast records is dead-lettered whole and leaves time alone.
 
-Why not the processing clock. A rule that trusts records near the wall clock would also save the first
-current record after a stale one, but it would let a record near the wall clock through while a stream
-is legitimately behind (a fleet catching up on a backlog, a replayed file), making the rest of the
-backlog late; an edge gateway whose real-time clock reset would reject everything; and decisions would
-depend on when a run happens, so a replay or a restore from a checkpoint would not reproduce them. The
+Why not the processing clock. Trusting it (a record near the wall clock is never future) would also save
+the first current record after a stale one, but it would let a record near the wall clock through while a
+stream is legitimately behind (a fleet catching up on a backlog), making the rest of the backlog late;
+distrusting records ahead of it would make an edge gateway whose real-time clock was reset reject
+everything, and a test's manual clock meaningless; and either way decisions would depend on when a run
+happens, so a replay or a restore from a checkpoint would not reproduce them. The
 rule above uses event times only: the same records in the same order give the same decisions, however
 they were cut into batches and whether or not the flow was restored from a snapshot in between (the
 recent event times are part of :class:`SourceClockSnapshot`).
 
 One exception: a source's **first batch** (nothing seen, nothing restored) has no history, so a sample of
 that batch itself (up to ``future_window`` records, evenly spaced) stands in for it: a fast clock in the
-very first record is caught when the first batch holds more than it. A first batch of one record is
-accepted as it is; the records after it then outvote it if it was wrong.
+very first record is caught when the rest of the first batch outvotes it. A first batch of one record
+cannot be judged and is accepted: if its clock was fast, the watermark starts that far ahead and what
+follows is late until event time catches up (an old one costs one live record, as above).
 """
 
 from __future__ import annotations
