@@ -47,6 +47,8 @@ def test_a_full_pipeline_builds(tmp_path: Path) -> None:
     [
         (("interval: 5s", "intervall: 5s"), r"unknown field `intervall` - at `\$.checkpoint`; valid keys here: dir"),
         (("max_delay: 2s", "max_delay: 2 parsecs"), r"watermark.max_delay: '2 parsecs' is not a duration"),
+        (("max_future: 10m", "max_future: 1s"), r"at \$.watermark: watermark.max_future .* must be greater than"),
+        (("max_future: 10m", "max_future: 10m, future_window: 0"), r"at \$.watermark: watermark.future_window"),
         (("type: sliding", "type: hopping"), r"\$.steps\[1\].window.*hopping"),
         (("slide: 10s", "slide: 7s"), r"multiple"),
         (("- filter: \"temperature > -40\"", "- filtre: \"x\""), r"\$.steps\[0\]: each step is a mapping with one key"),

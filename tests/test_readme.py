@@ -95,3 +95,18 @@ def test_server_example_is_a_valid_pipeline_file(tmp_path: Path) -> None:
     assert [t.name for t in server.tokens] == ["gateway", "device-7", "ops", "gw-north"]
     assert server.tokens[1].sensors == ["S00007"] and server.tokens[3].nodes == ["gw-north"]
     build_pipeline(config, base_dir=tmp_path)
+
+
+def test_dashboard_example_is_a_valid_pipeline_file(tmp_path: Path) -> None:
+    from tidegauge.cli.serve import served_pipeline
+    from tidegauge.pipeline import build_pipeline, load_pipeline
+
+    (yaml_text,) = [b for b in blocks("yaml") if b.startswith("# plant.yaml")]
+    (tmp_path / "plant.yaml").write_text(yaml_text)
+    config = load_pipeline(tmp_path / "plant.yaml")
+    served = served_pipeline(tmp_path / "plant.yaml", config, build_pipeline(config, base_dir=tmp_path))
+    assert served.live is not None and served.live.fields == ["temperature", "pressure"]
+    assert served.live.history_s == 600
+    nodes = served.runner.flow.nodes
+    assert nodes["dashboard"].inputs[0][0].startswith("detect")
+    assert nodes["dashboard_windows"].inputs[0][0].startswith("window")

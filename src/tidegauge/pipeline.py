@@ -11,10 +11,10 @@
     dead_letter: {file: rejected.jsonl}  # optional: every rejected record, with its reason
     late: {file: late.jsonl}             # optional: records too late for the last window step
     checkpoint: {dir: ./state, interval: 1s, every_batches: 100, keep: 3}
-    watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h, partition_idle_timeout: 10m}
+    watermark: {max_delay: 5s, idle_timeout: 10s, max_future: 1h, partition_idle_timeout: 10m, future_window: 1024}
     batch: {max_rows: 65536, max_delay: 5ms}
 
-    server: {port: 8080, tokens: [...]}  # optional: serve HTTP (tidegauge.server.ServerConfig)
+    server: {port: 8080, tokens: [...]}  # optional: serve HTTP and the dashboard (tidegauge.server.ServerConfig)
     alerts: {rules: rules.yaml, store: alerts.db, streams: [readings, windows]}  # optional: alert rules
                                          # (tidegauge.alerting.pipeline_section)
     coordinator: {strategy: consistent_hash, heartbeat_timeout: 15s}  # optional: edge coordinator
@@ -36,6 +36,7 @@ path inside it and what to write instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +222,7 @@ class WatermarkSection(msgspec.Struct, **_Strict):
     idle_timeout: str = "10s"
     max_future: str | None = "1h"
     partition_idle_timeout: str = "10m"
+    future_window: int = 1024
 
 
 class BatchSection(msgspec.Struct, **_Strict):
@@ -277,6 +279,10 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         if len(given) != 1:
             raise ConfigError(f"{path}: at {where}: give exactly one of {', '.join(kinds)} "
                               f"(e.g. 'file: out.parquet'), got {', '.join(given) or 'none'}")
+    try:
+        _watermark(config.watermark)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: at $.watermark: {exc}") from None
     if config.server is not None:
         try:
             server_config(config)
@@ -297,6 +303,11 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     elif any(next(iter(step)) == "cloud_only" for step in config.steps):
         raise ConfigError(f"{path}: a cloud_only step needs a 'coordinator:' section (e.g. 'coordinator: {{}}')")
     return config
+
+
+def _watermark(wm: WatermarkSection) -> WatermarkConfig:
+    return WatermarkConfig.of(max_delay=wm.max_delay, idle_timeout=wm.idle_timeout, max_future=wm.max_future,
+                              partition_idle_timeout=wm.partition_idle_timeout, future_window=wm.future_window)
 
 
 def _check_coordinator(config: PipelineConfig, path: Path) -> None:
@@ -416,6 +427,11 @@ class BuiltPipeline:
     """the ``alerts:`` section's :class:`~tidegauge.alerting.pipeline_section.PipelineAlerting` (or ``None``)"""
     coordinator: Any = None
     """the :class:`~tidegauge.edge.coordinator.Coordinator` of a ``coordinator:`` section"""
+    readings: Stream | None = None
+    """the readings: the stream entering the first window step (the scored one when a ``detect`` step comes
+    before it), or the last stream when there is no window step (what alerts and the dashboard watch)"""
+    windows: list[Stream] = dataclasses.field(default_factory=list)
+    """every window step's output, in file order"""
 
 
 def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> BuiltPipeline:
@@ -426,8 +442,7 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         config.name,
         key=config.key,
         time=config.time,
-        watermark=WatermarkConfig.of(max_delay=wm.max_delay, idle_timeout=wm.idle_timeout, max_future=wm.max_future,
-                                     partition_idle_timeout=wm.partition_idle_timeout),
+        watermark=_watermark(wm),
     )
     sources = config.source if isinstance(config.source, list) else [config.source]
     streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time, partition_by=s.partition_by)
@@ -475,7 +490,7 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
 
         alerting = build_alerts(config.alerts, flow, readings=readings or stream, windows=windows, base_dir=base)
     return BuiltPipeline(flow, cp, config.batch.max_rows, config.batch.max_delay, alerting,
-                         None if coordinator is None else coordinator[0])
+                         None if coordinator is None else coordinator[0], readings or stream, windows)
 
 
 def _coordinator(flow: Flow, config: PipelineConfig, base: Path) -> tuple[Any, bool]:

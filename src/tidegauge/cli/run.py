@@ -1,7 +1,6 @@
 """``tidegauge run PIPELINE.yaml``: run a pipeline file until its sources are exhausted or Ctrl-C.
 
-A file with a ``server:`` section is served too (the HTTP server runs in the same event loop, as with
-``tidegauge serve``).
+A file with a ``server:`` section is served too, dashboard included, as with ``tidegauge serve``.
 """
 
 from __future__ import annotations
@@ -44,11 +43,11 @@ def run(
         cp = CheckpointConfig(checkpoint_dir, interval=cp.interval if cp else "10s", keep=cp.keep if cp else 3)
     console = Console()
     if config.server is not None:
-        from tidegauge.cli.serve import run_served, served_runner
+        from tidegauge.cli.serve import run_served, served_pipeline
 
-        runner, server = served_runner(pipeline, config, built, checkpoint=cp)
+        served = served_pipeline(pipeline, config, built, checkpoint=cp)
         # serve() handles SIGINT/SIGTERM itself: stop accepting requests, then checkpoint and stop the flow
-        result = run_served(runner, server, built.alerting, environ=os.environ)
+        result = run_served(served.runner, served.server, built.alerting, environ=os.environ, live=served.live)
         if not quiet:
             _summary(console, config.name, built.flow, result, built.alerting)
         return

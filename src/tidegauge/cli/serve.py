@@ -6,6 +6,9 @@ The pipeline file has a ``server:`` section (:class:`~tidegauge.server.ServerCon
     source: {http: {log_dir: intake, durability: fsync, max_lag: 16MiB}}
     server: {port: 8080, tokens: [{name: gw, env: TG_TOKEN_GW, scopes: [ingest, read]}]}
 
+The live dashboard is served at ``/`` unless the section says ``dashboard: false``
+(:mod:`tidegauge.server.live_pipeline` says what feeds it).
+
 :mod:`tidegauge.pipeline` validates and builds both; ``tidegauge run`` serves such a file too. This is the
 config layer: it is the one place that reads the environment (tokens given by ``env``).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,11 +65,14 @@ def serve(
     if loaded.server is None:
         raise ConfigError(f"{pipeline}: add a 'server:' section (e.g. 'server: {{port: 8080}}') to serve this "
                           "pipeline")
-    built = build_pipeline(loaded, base_dir=pipeline.parent)
-    runner, config = served_runner(pipeline, loaded, built, host=host, port=port)
     from tidegauge.server.logs import configure_logging
 
-    configure_logging("json" if log_format == "json" else "text", access_log=config.access_log)
+    # before anything is built: building logs too, and every line must be in the chosen format
+    configure_logging("json" if log_format == "json" else "text",
+                      access_log=_server(pipeline, loaded, host, port).access_log)
+    built = build_pipeline(loaded, base_dir=pipeline.parent)
+    served = served_pipeline(pipeline, loaded, built, host=host, port=port)
+    runner, config = served.runner, served.server
     receiver = None
     if edge_db is not None:
         from tidegauge.edge.receiver import receiver_for_flow
@@ -75,7 +82,7 @@ def serve(
             logger.warning("edge alerts are recorded, not paged: add an 'alerts:' section (its receivers page "
                            "them) to %s", pipeline)
         receiver = receiver_for_flow(runner.flow, edge_db, alerts=manager)
-    result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver)
+    result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver, live=served.live)
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "
                f"{result.checkpoints} checkpoints")
     if built.alerting is not None:
@@ -97,7 +104,8 @@ def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any, **parts
 
 
 def build_served_pipeline(path: Path, *, host: str | None = None, port: int | None = None) -> tuple[Any, Any]:
-    """The runner and server config of a pipeline file with a ``server:`` section."""
+    """The runner and server config of a pipeline file with a ``server:`` section (without the dashboard's
+    live steps: :func:`served_pipeline` attaches those)."""
     from tidegauge.pipeline import build_pipeline, load_pipeline
 
     config = load_pipeline(path)
@@ -106,16 +114,46 @@ def build_served_pipeline(path: Path, *, host: str | None = None, port: int | No
     return served_runner(path, config, build_pipeline(config, base_dir=path.parent), host=host, port=port)
 
 
+@dataclass
+class ServedPipeline:
+    """What :func:`run_served` needs for a pipeline file: the runner, the server config and the dashboard's
+    live state (``None`` with ``server.dashboard: false``)."""
+
+    runner: Any
+    server: Any
+    live: Any
+
+
+def served_pipeline(path: Path, config: Any, built: Any, *, host: str | None = None, port: int | None = None,
+                    checkpoint: Any = None) -> ServedPipeline:
+    """:func:`served_runner` with the dashboard: its live steps are attached to ``built``'s streams first
+    (:mod:`tidegauge.server.live_pipeline`) unless the server section says ``dashboard: false``."""
+    server = _server(path, config, host, port)
+    live = None
+    dashboard = server.dashboard_config
+    if dashboard is not None:
+        from tidegauge.server.live_pipeline import attach_dashboard
+
+        live = attach_dashboard(built.flow, built.readings, built.windows, dashboard)
+    runner, server = served_runner(path, config, built, host=host, port=port, checkpoint=checkpoint)
+    return ServedPipeline(runner, server, live)
+
+
+def _server(path: Path, config: Any, host: str | None, port: int | None) -> Any:
+    from tidegauge.pipeline import server_config
+
+    try:
+        return server_config(config, base_dir=path.parent, host=host, port=port)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def served_runner(path: Path, config: Any, built: Any, *, host: str | None = None,
                   port: int | None = None, checkpoint: Any = None) -> tuple[Any, Any]:
     """The runner (checkpointing by default) and :class:`~tidegauge.server.ServerConfig` of a built pipeline."""
     from tidegauge.dataflow import CheckpointConfig, Runner
-    from tidegauge.pipeline import server_config
 
-    try:
-        server = server_config(config, base_dir=path.parent, host=host, port=port)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    server = _server(path, config, host, port)
     cp = checkpoint or built.checkpoint or CheckpointConfig(path.parent / "checkpoints",
                                                             interval=_DEFAULT_CHECKPOINT_INTERVAL)
     runner = Runner(built.flow, checkpoint=cp, max_batch=built.max_batch, max_delay=built.max_delay)

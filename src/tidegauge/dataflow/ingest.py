@@ -86,12 +86,12 @@ def ingest_batch(
         fut = pl.Series("future", future)
         limit = format_duration(clock.config.max_future or 0)
         rows = df.filter(fut)
-        reason = pl.format(
-            "future: timestamp is {}s ahead of the watermark (max_future {})",
-            ((pl.col(TS) - pl.max_horizontal(pl.col(WM), pl.lit(clock.future_ref))) / 1_000_000).round(3),
-            pl.lit(limit),
-        )
-        ctx.dead_letter(rows, rows.select(reason).to_series())
+        # the distance from what the record was judged against: the watermark, or what most recent records
+        # say if that is later (see tidegauge.dataflow.watermark)
+        ahead = pl.Series("ahead", (ts_np[future] - clock.future_refs) / 1_000_000).round(3)
+        reason = pl.format("future: timestamp is {}s ahead of the watermark and of most recent records "
+                           "(max_future {})", pl.lit(ahead), pl.lit(limit))
+        ctx.dead_letter(rows, pl.select(reason).to_series())
         df = df.filter(~fut)
     return df
 

@@ -15,6 +15,13 @@ value of that column its own watermark, as Flink does for the partitions of a Ka
 - the watermark never goes back: a new partition, or one coming back after being excluded, starts at the
   watermark in force.
 
+Records from the future (:mod:`tidegauge.dataflow.watermark`) are judged per source, with one twist: a
+record is a candidate only when it is more than ``max_future`` ahead of the source's watermark **and** of
+its own partition's, and then the source's recent records (all partitions) vote on it. So a partition
+holding the minimum far behind (a backlog being replayed, a slow gateway clock) does not make the other
+partitions' current records look future, while a fast-clock device, or a whole partition stamped hours
+ahead, is still outvoted by the rest of the source and dead-lettered.
+
 The price: while a partition is quiet (up to ``partition_idle_timeout``), every window of the source waits
 for it. The whole source's own idleness (``idle_timeout``) applies only after ``partition_idle_timeout``
 too: an upstream that hears from no one (its own network down) keeps its windows open for the backlog.
@@ -48,19 +55,48 @@ logger = logging.getLogger(__name__)
 
 @njit(cache=True, nogil=True)
 def _assign(ts, pid, pmax, active, combined, floor, max_delay, max_future, check_future, future_ref):  # type: ignore[no-untyped-def]
+    # check_future / future_ref: the vote window and the voting event times, as in watermark._assign
     n = ts.shape[0]
     wm = np.empty(n, np.int64)
     future = np.zeros(n, np.bool_)
+    refs = np.empty(n, np.int64)
+    n_future = 0
+    n_hist = future_ref.shape[0]
     no_wm = NO_WATERMARK
     for i in range(n):
         w = combined if combined > floor else floor
         wm[i] = w
-        if check_future:
-            ref = w if w > future_ref else future_ref
-            if ts[i] > ref + max_future:
-                future[i] = True
-                continue
         p = pid[i]
+        if check_future > 0:
+            # "ahead" of the partition's own watermark too: a partition behind the others (replaying, or a
+            # slow clock holding the minimum) must not make the others' records look future
+            own = pmax[p] - max_delay if pmax[p] != no_wm else w
+            ahead_of = w if w > own else own
+            if ts[i] > ahead_of + max_future:
+                from_batch = min(i, check_future)
+                from_hist = min(check_future - from_batch, n_hist)
+                voters = from_batch + from_hist
+                bar = ts[i] - max_future + max_delay
+                low = ahead_of + max_delay  # voters at or below it cannot lift the reference above ahead_of
+                behind = 0
+                not_above = 0
+                for j in range(i - from_batch, i):
+                    behind += ts[j] < bar
+                    not_above += ts[j] <= low
+                for j in range(n_hist - from_hist, n_hist):
+                    behind += future_ref[j] < bar
+                    not_above += future_ref[j] <= low
+                if voters == 0 or 2 * behind > voters:
+                    future[i] = True
+                    ref = ahead_of
+                    if voters and 2 * not_above <= voters:  # else the upper median is <= low: no need to find it
+                        votes = np.concatenate((future_ref[n_hist - from_hist:], ts[i - from_batch:i]))
+                        upper_median = np.partition(votes, voters // 2)[voters // 2]
+                        if upper_median - max_delay > ref:
+                            ref = upper_median - max_delay
+                    refs[n_future] = ref
+                    n_future += 1
+                    continue
         if ts[i] > pmax[p]:
             old = pmax[p]
             pmax[p] = ts[i]
@@ -74,7 +110,7 @@ def _assign(ts, pid, pmax, active, combined, floor, max_delay, max_future, check
                             low = mark
                 if low > combined:
                     combined = low
-    return wm, future, combined
+    return wm, future, combined, refs[:n_future]
 
 
 class PartitionedSourceClock(SourceClock):
@@ -144,18 +180,18 @@ class PartitionedSourceClock(SourceClock):
         self._touch_restored(now_us)
         self.last_arrival_us = now_us
         if ts.size == 0:
+            self.future_refs = np.empty(0, np.int64)
             return np.empty(0, np.int64), np.zeros(0, np.bool_)
         pid = self._partition_ids(partitions, ts.shape[0], now_us)
         present = np.bincount(pid, minlength=len(self._ids)) > 0
         active = self._active(now_us) | present  # a partition sending now is active
-        check = cfg.max_future is not None
-        future_ref = NO_WATERMARK
-        if check and self.max_event == NO_WATERMARK and self.floor == NO_WATERMARK:
-            future_ref = int(np.median(ts)) - cfg.max_delay
-        wm, future, combined = _assign(ts, pid, self._max, active, self.combined, self.floor, cfg.max_delay,
-                                       cfg.max_future or 0, check, future_ref)
+        ts = np.ascontiguousarray(ts, dtype=np.int64)
+        window, voters = self._voters(ts)
+        wm, future, combined, refs = _assign(ts, pid, self._max, active, self.combined, self.floor,
+                                             cfg.max_delay, cfg.max_future or 0, window, voters)
         self.combined = int(combined)
-        self.future_ref = future_ref
+        self.future_refs = refs
+        self._remember(ts)
         self._seen[present] = now_us
         kept = ts[~future]
         if kept.size:
@@ -187,4 +223,4 @@ class PartitionedSourceClock(SourceClock):
     def snapshot(self) -> SourceClockSnapshot:
         return SourceClockSnapshot(max_event=self.max_event, floor=self.floor, finished=self.finished,
                                    partitions={str(v): int(self._max[i]) for v, i in self._ids.items()},
-                                   combined=self.combined)
+                                   combined=self.combined, recent=self.recent.tolist())

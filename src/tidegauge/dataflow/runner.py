@@ -311,8 +311,11 @@ class Runner:
                 self._sinks[node.id] = d.build(load(f"sink:{node.id}", d.snapshot_type))
 
     def _fingerprint(self) -> str:
+        # steps that only observe (``observes_only``: they emit nothing and keep no state, like the dashboard's
+        # live steps) are left out, so turning the dashboard on or off keeps the checkpoints usable
         return ";".join(
-            f"{n.id}={type(n.definition).__name__}" for n in self.flow.nodes.values() if n.kind != "dead_letters"
+            f"{n.id}={type(n.definition).__name__}" for n in self.flow.nodes.values()
+            if n.kind != "dead_letters" and not getattr(n.definition, "observes_only", False)
         )
 
     # -- processing ------------------------------------------------------------------------------

@@ -270,9 +270,9 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
     """Run ``runner`` and the HTTP server until the flow ends or a signal stops the server.
 
     The server runs in this event loop; the flow in a thread of its own (``server.flow: thread``, the
-    default) or in this loop too (``loop``): see :mod:`tidegauge.server.flowthread`. With ``live``,
-    ``coordinator`` or ``edge_receiver`` the flow always runs in this loop: those share state with the
-    flow's steps and sources that is made for one event loop.
+    default) or in this loop too (``loop``): see :mod:`tidegauge.server.flowthread`. With ``coordinator``
+    or ``edge_receiver`` the flow always runs in this loop: those share state with the flow's steps and
+    sources that is made for one event loop. ``live`` is locked by itself and works with either.
 
     Returns the runner's :class:`~tidegauge.dataflow.runner.RunResult`. On SIGINT/SIGTERM (handled here
     when ``handle_signals``, and only from the main thread) the server stops accepting requests, then the
@@ -302,8 +302,8 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
     uv = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                        access_log=False, lifespan="off", ws_max_size=state.body_limit, **tls))
     mode = config.flow
-    if mode == "thread" and (live is not None or coordinator is not None or edge_receiver is not None):
-        logger.info("the flow runs in the server's event loop (the dashboard/edge parts share state with it)")
+    if mode == "thread" and (coordinator is not None or edge_receiver is not None):
+        logger.info("the flow runs in the server's event loop (the edge parts share state with it)")
         mode = "loop"
     flow_task, stop_flow = start_flow(runner, mode)
     server_task = asyncio.create_task(uv.serve())

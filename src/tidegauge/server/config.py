@@ -15,6 +15,11 @@
       max_body_bytes: 8MiB
       rate_limit: {requests_per_s: 200, burst: 400}
       history: {readings: out/readings.parquet, windows: out/windows.parquet}
+      dashboard: true                # the default; or false, or {fields: [temperature], history: 10m}
+
+``dashboard`` (on by default) serves the live dashboard at ``/`` with its login and WebSocket push, fed by
+live steps attached to the pipeline's streams (:mod:`tidegauge.server.live_pipeline`); ``false`` leaves the
+flow as the file describes it and the server without a page.
 
 Tokens are never stored in clear: a token is given as ``hash`` (``sha256:<hex>``, from
 ``tidegauge serve --hash-token``) or as the name of an environment variable holding the clear token,
@@ -37,10 +42,12 @@ from typing import Literal
 
 import msgspec
 
+from tidegauge._time import parse_duration
 from tidegauge.errors import ConfigError
 
 __all__ = [
     "SCOPES",
+    "DashboardConfig",
     "HistoryConfig",
     "RateLimitConfig",
     "ResolvedToken",
@@ -108,6 +115,31 @@ class HistoryConfig(msgspec.Struct, **_Strict):
                                       "('name' or 'schema.name')")
 
 
+class DashboardConfig(msgspec.Struct, **_Strict):
+    """``server.dashboard`` as a mapping (``true`` is this with its defaults)."""
+
+    fields: list[str] | None = None
+    """value columns charted per sensor; by default the first eight numeric columns of the readings"""
+    history: str = "5m"
+    """how much of each sensor's one-second series the page can show (memory: ~1.2 KB per sensor, field and
+    five minutes)"""
+
+    def __post_init__(self) -> None:
+        try:
+            seconds = parse_duration(self.history, name="server.dashboard.history") // 1_000_000
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        if seconds < 10:
+            raise ConfigError(f"server.dashboard.history={self.history!r}: keep at least 10s")
+        if self.fields is not None and not self.fields:
+            raise ConfigError("server.dashboard.fields: list at least one column (or leave it out: found in the "
+                              "first batch)")
+
+    @property
+    def history_s(self) -> int:
+        return parse_duration(self.history, name="server.dashboard.history") // 1_000_000
+
+
 class ServerConfig(msgspec.Struct, **_Strict):
     """The ``server:`` section of a pipeline file (see the module docstring)."""
 
@@ -129,6 +161,16 @@ class ServerConfig(msgspec.Struct, **_Strict):
     the query string, status, seconds, client address; never a token)"""
     flow: Literal["thread", "loop"] = "thread"
     """where the flow runs: a thread of its own (another core for its CPU work) or the server's event loop"""
+    dashboard: bool | DashboardConfig = True
+    """serve the live dashboard (see the module docstring); ``tidegauge serve`` and ``tidegauge run`` attach
+    its live steps to the pipeline"""
+
+    @property
+    def dashboard_config(self) -> DashboardConfig | None:
+        """``dashboard`` as a :class:`DashboardConfig` (``None``: no dashboard)."""
+        if isinstance(self.dashboard, DashboardConfig):
+            return self.dashboard
+        return DashboardConfig() if self.dashboard else None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

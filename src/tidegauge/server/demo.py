@@ -230,5 +230,7 @@ def build_demo(cfg: DemoConfig, *, now: datetime | None = None, warm_up: bool = 
         history=HistoryConfig(readings=readings, windows=str(run_dir / "windows_1m.parquet"),
                               anomalies=readings),
         intake_dir=str(run_dir / "intake"),
+        # the paced simulator and the health watch run beside the server in one loop, as the demo always has
+        flow="loop",
     )
     return Demo(runner=runner, alerts=alerts, live=live, server=server, run_dir=run_dir, source=source)

@@ -10,7 +10,8 @@ What the two threads share, and why it is safe: the intake log (appended by the 
 truncated by the flow: :class:`~tidegauge.connectors.http.IntakeLog` locks its segment list and wakes a
 reader in another loop with ``call_soon_threadsafe``); ``runner.metrics`` and ``runner.positions()``
 (read at scrape time: plain values and copies); ``runner.stop()`` (a flag the runner checks at least
-every tick); the :class:`~tidegauge.alerting.AlertManager` (locked by itself).
+every tick); the :class:`~tidegauge.alerting.AlertManager` and the dashboard's
+:class:`~tidegauge.server.live.LiveState` (each locked by itself).
 """
 
 from __future__ import annotations

@@ -14,6 +14,14 @@ reading is a few hundred nanoseconds; the dashboard reads snapshots from memory,
 series it gets are already decimated to one point per second per sensor. Memory: about 7.5 KB per sensor
 at the default 300 one-second buckets and five fields (75 MB for 10,000 sensors).
 
+Threads: the flow feeds the state (in its own thread with ``server.flow: thread``) while the server's loop
+reads it; every read and write of the arrays, names and counters holds :attr:`LiveState.lock`, so a reader
+sees each batch either entirely or not at all.
+
+With ``fields=None`` the charted fields are found in the first batch: its numeric columns, in order, up
+to eight (each costs ~1.2 KB per sensor at 300 buckets), leaving out the key and time columns, ``score``,
+positions, ``latency_ms`` and the simulator's ``truth_*`` labels.
+
 Sensor status (what the map and the list colour by): ``alert`` when the sensor had an anomaly in the last
 ``alert_hold_s`` seconds or reports ``operational_status = 'alert'``; ``warning`` when it reports
 ``warning`` or its last score is at least ``warning_score``; ``normal`` otherwise.
@@ -26,7 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -41,6 +49,8 @@ STATUSES = ("normal", "warning", "alert")
 # latency histogram: log-spaced bounds from 0.1 ms to ~100 s, 10 per decade (quantiles within ~12%)
 _LAT_BOUNDS = 0.1 * 10 ** (np.arange(61) / 10)
 _FLEET_S = 600  # per-second fleet totals kept: 10 minutes for the overview charts
+_MAX_FIELDS = 8  # fields found in the first batch: each costs ~1.2 KB per sensor at 300 buckets
+_NOT_FIELDS = frozenset({"score", "latitude", "longitude", "latency_ms"})
 
 
 def _quantile(hist: np.ndarray[Any, Any], q: float) -> float | None:
@@ -57,7 +67,7 @@ class LiveState:
     Parameters
     ----------
     fields:
-        Value columns to keep series of.
+        Value columns to keep series of (``None``: found in the first batch, see the module docstring).
     history_s:
         Seconds of one-second buckets kept per sensor.
     alert_hold_s, warning_score:
@@ -71,11 +81,12 @@ class LiveState:
     {'normal': 0, 'warning': 0, 'alert': 0}
     """
 
-    def __init__(self, fields: Sequence[str], *, history_s: int = 300, alert_hold_s: float = 30.0,
+    def __init__(self, fields: Sequence[str] | None, *, history_s: int = 300, alert_hold_s: float = 30.0,
                  warning_score: float = 0.999, clock: Callable[[], float] = time.time) -> None:
         if history_s < 10:
             raise ValueError(f"history_s={history_s}: keep at least 10 seconds")
-        self.fields = list(fields)
+        self._find_fields = fields is None
+        self.fields: list[str] = [] if fields is None else list(fields)
         self.history_s = history_s
         self.alert_hold_us = int(alert_hold_s * 1e6)
         self.warning_score = warning_score
@@ -96,6 +107,7 @@ class LiveState:
         self.true_positives = 0
         self.dead_by_stage: dict[str, int] = {}
         self.windows: pl.DataFrame | None = None
+        self.window_key = "sensor_id"
         self.started = clock()
         self._newest = 0  # newest second in the per-sensor rings
 
@@ -142,6 +154,14 @@ class LiveState:
             for i, t in first.iter_rows():
                 self.types[int(i)] = "" if t is None else str(t)
 
+    def _found_fields(self, df: pl.DataFrame, ctx: StepContext) -> None:
+        skip = {ctx.key_column, ctx.time_column, *_NOT_FIELDS}
+        self.fields = [c for c, t in df.schema.items() if t.is_numeric() and c not in skip
+                       and not c.startswith(("_tg_", "truth_"))][:_MAX_FIELDS]
+        self._find_fields = False
+        self._alloc(self._cap)  # no sensor yet: only the field dimension changes
+        logger.info("dashboard fields: %s", ", ".join(self.fields) or "none (no numeric column)")
+
     # -- feeding ---------------------------------------------------------------------------------
     def update(self, df: pl.DataFrame, ctx: StepContext) -> None:
         """Fold one scored batch (with the flow's ``_tg_key`` ids) into the state.
@@ -152,6 +172,9 @@ class LiveState:
         """
         if not df.height:
             return
+        if self._find_fields:
+            with self.lock:
+                self._found_fields(df, ctx)
         has = set(df.columns)
         ids = df[KEY_ID].to_numpy().astype(np.int64)
         ts = _micros(df[ctx.time_column])
@@ -246,6 +269,7 @@ class LiveState:
         if not df.height or key not in df.columns:
             return
         with self.lock:
+            self.window_key = key
             both = df if self.windows is None else pl.concat([self.windows, df], how="diagonal_relaxed")
             self.windows = both.unique(key, keep="last", maintain_order=False)
 
@@ -261,10 +285,11 @@ class LiveState:
     def statuses(self, now_us: int | None = None) -> np.ndarray[Any, Any]:
         """Status code per sensor (index order): 0 normal, 1 warning, 2 alert."""
         now = int(self.clock() * 1e6) if now_us is None else now_us
-        n = len(self.names)
-        recent = (now - self.last_anomaly[:n]) <= self.alert_hold_us
-        warn = (self.op_status[:n] >= 1) | (self.last_score[:n] >= self.warning_score)
-        out = np.where(recent | (self.op_status[:n] == 2), 2, np.where(warn, 1, 0))
+        with self.lock:
+            n = len(self.names)
+            recent = (now - self.last_anomaly[:n]) <= self.alert_hold_us
+            warn = (self.op_status[:n] >= 1) | (self.last_score[:n] >= self.warning_score)
+            out = np.where(recent | (self.op_status[:n] == 2), 2, np.where(warn, 1, 0))
         return out.astype(np.int8)
 
     def status_counts(self, codes: np.ndarray[Any, Any] | None = None) -> dict[str, int]:
@@ -305,15 +330,26 @@ class LiveState:
             return _quantile(self.latency_total, 0.5), _quantile(self.latency_total, 0.99)
 
     def sensor_index(self, name: str) -> int | None:
-        try:
-            return self.names.index(name)
-        except ValueError:
-            return None
+        with self.lock:
+            try:
+                return self.names.index(name)
+            except ValueError:
+                return None
 
-    def sensor_detail(self, i: int, key: str = "sensor_id") -> dict[str, Any]:
-        """One sensor: latest values, status, per-second series (oldest first) and its latest window."""
+    def totals(self) -> dict[str, Any]:
+        """Run totals: readings, anomalies, injected and caught anomalies (simulator labels), dead letters by
+        the stage that rejected them."""
+        with self.lock:
+            return {"readings": self.readings_total, "anomalies": self.anomalies_total,
+                    "injected": self.injected_total, "true_positives": self.true_positives,
+                    "dead_by_stage": dict(self.dead_by_stage)}
+
+    def sensor_detail(self, i: int, key: str | None = None) -> dict[str, Any]:
+        """One sensor: latest values, status, per-second series (oldest first) and its latest window (found
+        by ``key``, by default the window stream's key column)."""
         codes = self.statuses()
         with self.lock:
+            key = key or self.window_key
             order = np.argsort(self.b_second[i])
             secs = self.b_second[i][order]
             valid = secs >= 0
@@ -392,21 +428,37 @@ class _Feed:
 
 
 class LiveStep:
-    """Step feeding scored readings to ``state`` (terminal: emits nothing; not checkpointed)."""
+    """Step feeding scored readings to ``state`` (terminal: emits nothing; not checkpointed).
+
+    ``latency``: ``"column"`` takes each reading's latency from its ``latency_ms`` column (a
+    :class:`LatencyStep` upstream); ``"arrival"`` measures it here when the column is missing (wall clock at
+    this step minus event time), without adding a column to the stream.
+    """
 
     snapshot_type = None
+    observes_only = True
+    """emits nothing and keeps no state: not part of the flow's checkpoint fingerprint"""
 
-    def __init__(self, state: LiveState) -> None:
+    def __init__(self, state: LiveState, *, latency: Literal["column", "arrival"] = "column") -> None:
+        if latency not in ("column", "arrival"):
+            raise ValueError(f"latency={latency!r}: use 'column' or 'arrival'")
         self.state = state
+        self.latency = latency
 
     def build(self, resume_state: Any | None) -> _Feed:
-        return _Feed(self.state.update)
+        if self.latency == "column":
+            return _Feed(self.state.update)
+        def feed(df: pl.DataFrame, ctx: StepContext) -> None:
+            self.state.update(df if "latency_ms" in df.columns else _with_latency(df, ctx), ctx)
+
+        return _Feed(feed)
 
 
 class LiveWindowsStep:
     """Step keeping the latest window row per key in ``state``."""
 
     snapshot_type = None
+    observes_only = True
 
     def __init__(self, state: LiveState) -> None:
         self.state = state
@@ -419,6 +471,7 @@ class LiveDeadLettersStep:
     """Step counting dead letters by stage in ``state``."""
 
     snapshot_type = None
+    observes_only = True
 
     def __init__(self, state: LiveState) -> None:
         self.state = state
@@ -427,10 +480,14 @@ class LiveDeadLettersStep:
         return _Feed(lambda df, ctx: self.state.update_dead_letters(df))
 
 
+def _with_latency(df: pl.DataFrame, ctx: StepContext) -> pl.DataFrame:
+    now = time.time_ns() // 1000  # wall clock, not the flow clock: latency is a real-time measure
+    return df.with_columns(((now - pl.col(ctx.time_column).dt.epoch("us")) / 1000.0).alias("latency_ms"))
+
+
 class _Latency:
     def process(self, df: pl.DataFrame, ctx: StepContext) -> pl.DataFrame | None:
-        now = time.time_ns() // 1000  # wall clock, not the flow clock: latency is a real-time measure
-        return df.with_columns(((now - pl.col(ctx.time_column).dt.epoch("us")) / 1000.0).alias("latency_ms"))
+        return _with_latency(df, ctx)
 
     def on_watermark(self, ctx: StepContext) -> pl.DataFrame | None:
         return None

@@ -77,8 +77,7 @@ class LiveApi:
             "status_counts": live.status_counts(codes),
             "status": codes.tobytes().translate(bytes.maketrans(b"\x00\x01\x02", b"012")).decode("ascii"),
             "series": series,
-            "totals": {"readings": live.readings_total, "anomalies": live.anomalies_total,
-                       "injected": live.injected_total, "true_positives": live.true_positives},
+            "totals": {k: v for k, v in live.totals().items() if k != "dead_by_stage"},
             "alerts": self._alerts(),
             "pipeline": self.pipeline(),
         }
@@ -117,7 +116,7 @@ class LiveApi:
         lag = None if wm is None else max(0.0, now - wm / 1e6)
         cp = m.last_checkpoint_at_us
         cp_age = None if cp is None else max(0.0, now - cp / 1e6)
-        dead = dict(self.live.dead_by_stage)
+        dead = self.live.totals()["dead_by_stage"]
         rows = []
         for nid, node in nodes.items():
             inputs = [src for src, _port in node.inputs]

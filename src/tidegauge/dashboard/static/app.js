@@ -253,7 +253,7 @@ function renderDetail(d) {
   const w = d.window;
   $("d-window").innerHTML = w ? Object.entries(w).filter(([k]) => !k.startsWith("_")).map(([k, v]) =>
     `<tr><td>${esc(k)}</td><td>${esc(typeof v === "number" ? fmt(v, 3) : v)}</td></tr>`).join("")
-    : `<tr><td>no closed window yet</td><td>the first 1-minute window closes a minute after start</td></tr>`;
+    : `<tr><td>no closed window yet</td><td>a window shows here once the watermark has passed its end</td></tr>`;
 }
 
 $("h-load").addEventListener("click", loadHistory);
