@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge._time import Duration, parse_duration
 from tidegauge.dataflow.base import NO_WATERMARK
 
@@ -69,7 +69,7 @@ class SourceClockSnapshot(msgspec.Struct, frozen=True, tag="source-clock/1"):
     finished: bool
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _assign(ts, max_event, floor, max_delay, max_future, check_future, future_ref):  # type: ignore[no-untyped-def]
     n = ts.shape[0]
     wm = np.empty(n, np.int64)
