@@ -164,9 +164,10 @@ class EdgeReceiver:
         body = await request.body()
         if len(body) > self.max_body_bytes:
             return error(413, f"batch of {len(body)} bytes is over the limit of {self.max_body_bytes}")
-        lines = body.splitlines()
-        if len(lines) != last - first + 1:
-            return error(400, f"batch {first}-{last} must have {last - first + 1} records, it has {len(lines)}")
+        # counted, not split: the body goes to the intake log as it is (a list of lines costs ~10% of the CPU)
+        n = body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+        if n != last - first + 1:
+            return error(400, f"batch {first}-{last} must have {last - first + 1} records, it has {n}")
         key = (node, stream)
         cond = self._conds.setdefault(key, asyncio.Condition())
         async with cond:
@@ -180,27 +181,28 @@ class EdgeReceiver:
                 return json_response({"error": f"records {have + 1}-{prev} of {node}/{stream} have not arrived; "
                                                f"send from {have + 1}", "acked": have}, 409)
             if last <= have:
-                self._count("duplicates", node, stream, len(lines))
-                return json_response({"acked": have, "accepted": 0, "duplicates": len(lines)})
+                self._count("duplicates", node, stream, n)
+                return json_response({"acked": have, "accepted": 0, "duplicates": n})
             skip = max(0, have - first + 1)
-            new = lines[skip:]
+            accepted = n - skip
             gap = max(0, first - have - 1)  # <= first - 1 - prev: numbers the agent says it dropped
             if gap:
                 logger.info("edge %s/%s: records %d-%d were dropped at the edge", node, stream, have + 1, first - 1)
                 self._count("dropped_at_edge", node, stream, gap)
-            data = body if not skip else b"\n".join(new) + b"\n"
-            await source.open_log().append(data if data.endswith(b"\n") else data + b"\n", len(new), [])
+            data = body if not skip else body.split(b"\n", skip)[skip]  # what follows the first `skip` lines
+            data = data if data.endswith(b"\n") else data + b"\n"
+            await source.open_log().append(data, accepted, [])
             self._store(node, stream, last)
             self._count("batches", node, stream, 1)
-            self._count("records", node, stream, len(new))
+            self._count("records", node, stream, accepted)
             self._count("duplicates", node, stream, skip)
             if h.get(wire.REPLAY) == "1":
-                self._count("replayed", node, stream, len(new))
+                self._count("replayed", node, stream, accepted)
             self.last_batch_at[node] = time.time()
             cond.notify_all()
         if stream in self.alert_streams:
-            self._page(node, stream, new)
-        return json_response({"acked": last, "accepted": len(new), "duplicates": skip})
+            self._page(node, stream, data.splitlines())
+        return json_response({"acked": last, "accepted": accepted, "duplicates": skip})
 
     def _page(self, node: str, stream: str, lines: list[bytes]) -> None:
         records = [msgspec.json.decode(line) for line in lines]

@@ -31,7 +31,7 @@ import msgspec
 
 from tidegauge._time import Clock, SystemClock, parse_duration
 from tidegauge.edge import wire
-from tidegauge.edge.outbox import Outbox
+from tidegauge.edge.outbox import Outbox, OutboxBatch
 
 __all__ = ["BreakerState", "Uplink", "UplinkConfig"]
 
@@ -160,23 +160,31 @@ class Uplink:
         # not up yet: a success now brings it up now; at the first contact, what predates the start
         return self.started_at_us if self.link_up_at_us is None and not self.errors else self.clock.now_us()
 
-    def _body(self, stream: str, rows: list[tuple[int, int, bytes]]) -> tuple[bytes, int]:
+    def _body(self, stream: str, batch: OutboxBatch) -> tuple[bytes, int]:
+        """The request body (NDJSON, the edge fields spliced into every record) and how many are replayed."""
         up = self._replay_cutoff()
         node = msgspec.json.encode(self.node_id).decode()
         name = msgspec.json.encode(stream).decode()
         live = f'{{"edge_node":{node},"edge_stream":{name},"edge_replay":false,'.encode()
         replay = f'{{"edge_node":{node},"edge_stream":{name},"edge_replay":true,'.encode()
-        is_alerts = stream in self.config.alert_streams
-        pages = self._pages(stream, rows, up) if is_alerts else None
         out, n_replay = [], 0
-        for i, (_, at, payload) in enumerate(rows):
+        if stream in self.config.alert_streams:
+            rows = batch.rows()
+            pages = self._pages(stream, rows, up)
+            for (_, at, payload), page in zip(rows, pages, strict=True):
+                old = at < up
+                n_replay += old
+                head = (replay if old else live) + (b'"edge_page":true,' if page else b'"edge_page":false,')
+                out.append(head + payload[1:] + b"\n")
+            return b"".join(out), n_replay
+        for at, n, blob in batch.parts:
+            # the records of a part share their append time, so their replay mark: splice the fields in
+            # front of each line with one bytes.replace (every line is a JSON object: '{' after each newline)
             old = at < up
-            n_replay += old
+            n_replay += n if old else 0
             head = replay if old else live
-            if pages is not None:
-                head += b'"edge_page":true,' if pages[i] else b'"edge_page":false,'
-            out.append(head + payload[1:])
-        return b"\n".join(out) + b"\n", n_replay
+            out.append(head + blob[1:].replace(b"\n{", b"\n" + head))
+        return b"".join(out), n_replay
 
     def _pages(self, stream: str, rows: list[tuple[int, int, bytes]], up: int) -> list[bool]:
         """Whether each alert transition should page upstream (see the module docstring)."""
@@ -214,14 +222,12 @@ class Uplink:
         stream = self._next_stream()
         if stream is None:
             return None
-        cfg = self.config
         prev = self.sent_cursor[stream]
-        rows = await asyncio.to_thread(self.outbox.read, stream, after=prev,
-                                       limit=cfg.batch_records, max_bytes=cfg.batch_bytes, sending=True)
-        if not rows:
+        got = await asyncio.to_thread(self._read, stream, prev)  # one hop to a worker thread per batch
+        if got is None:
             return None
-        first, last = rows[0][0], rows[-1][0]
-        body, n_replay = await asyncio.to_thread(self._body, stream, rows)
+        batch, body, n_replay = got
+        first, last = batch.first, batch.last
         headers = {
             "Content-Type": "application/x-ndjson",
             "Idempotency-Key": wire.idempotency_key(self.node_id, stream, first, last),
@@ -229,7 +235,15 @@ class Uplink:
             wire.PREV: str(self._prev_override.pop(stream, prev)), wire.REPLAY: "1" if n_replay else "0",
         }
         self.sent_cursor[stream] = last
-        return _Batch(stream, first, last, len(rows), sum(len(p) for _, _, p in rows), n_replay, body, headers)
+        return _Batch(stream, first, last, batch.records, batch.size, n_replay, body, headers)
+
+    def _read(self, stream: str, prev: int) -> tuple[OutboxBatch, bytes, int] | None:
+        cfg = self.config
+        batch = self.outbox.read_batch(stream, after=prev, limit=cfg.batch_records, max_bytes=cfg.batch_bytes,
+                                       sending=True)
+        if batch is None:
+            return None
+        return batch, *self._body(stream, batch)
 
     async def _post(self, b: _Batch) -> None:
         t0 = time.perf_counter()
