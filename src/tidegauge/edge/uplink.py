@@ -31,6 +31,7 @@ import msgspec
 
 from tidegauge._time import Clock, SystemClock, parse_duration
 from tidegauge.edge import wire
+from tidegauge.edge._blocks import splice
 from tidegauge.edge.outbox import Outbox, OutboxBatch
 
 __all__ = ["BreakerState", "Uplink", "UplinkConfig"]
@@ -178,12 +179,10 @@ class Uplink:
                 out.append(head + payload[1:] + b"\n")
             return b"".join(out), n_replay
         for at, n, blob in batch.parts:
-            # the records of a part share their append time, so their replay mark: splice the fields in
-            # front of each line with one bytes.replace (every line is a JSON object: '{' after each newline)
+            # the records of a part share their append time, so their replay mark
             old = at < up
             n_replay += n if old else 0
-            head = replay if old else live
-            out.append(head + blob[1:].replace(b"\n{", b"\n" + head))
+            out.append(splice(blob, replay if old else live))
         return b"".join(out), n_replay
 
     def _pages(self, stream: str, rows: list[tuple[int, int, bytes]], up: int) -> list[bool]:
