@@ -98,24 +98,18 @@ class Uplink:
         Processing time (for replay marking) and the jitter's random seed.
     """
 
+    client: Any
+    """The HTTP client (``httpx.AsyncClient``) on the upstream's base URL; ``None`` for a broker uplink."""
+
     def __init__(self, outbox: Outbox, url: str, *, node_id: str, token: str | None = None,
                  config: UplinkConfig | None = None, clock: Clock | None = None, seed: int | None = None) -> None:
-        try:
-            import httpx
-        except ImportError as exc:
-            from tidegauge.errors import MissingDependencyError
-
-            raise MissingDependencyError("httpx", "edge") from exc
         self.outbox = outbox
         self.url = url.rstrip("/")
         self.node_id = node_id
         self.config = config or UplinkConfig()
         self.clock: Clock = clock or SystemClock()
         self._rng = random.Random(seed)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.AsyncClient(base_url=self.url, headers=headers,
-                                        timeout=parse_duration(self.config.timeout) / 1e6)
-        self._httpx_error = httpx.HTTPError
+        self._open(token)
         self.cursor = {s: outbox.stats(s).acked_seq for s in outbox.streams}
         """per stream: the highest sequence number the upstream acknowledged"""
         self.sent_cursor = dict(self.cursor)
@@ -139,6 +133,19 @@ class Uplink:
         self.batches = 0
         self.errors: dict[str, int] = {}
         self.last_rtt_s = 0.0
+
+    def _open(self, token: str | None) -> None:
+        """Set up the transport (here HTTP; a subclass may use another)."""
+        try:
+            import httpx
+        except ImportError as exc:
+            from tidegauge.errors import MissingDependencyError
+
+            raise MissingDependencyError("httpx", "edge") from exc
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(base_url=self.url, headers=headers,
+                                        timeout=parse_duration(self.config.timeout) / 1e6)
+        self._httpx_error = httpx.HTTPError
 
     # -- choosing what to send -----------------------------------------------------------------------
     def _next_stream(self) -> str | None:
