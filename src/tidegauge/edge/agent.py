@@ -2,7 +2,8 @@
 
 :func:`run_agent` runs until stopped. The default pipeline (:func:`default_flow`): the simulated fleet (or
 a pipeline file's flow), the default anomaly detector, 1-minute windows and the default alert rules, each
-forwarded stream ending in an :class:`~tidegauge.edge.sink.OutboxSink`. Checkpoints (every
+forwarded stream ending in an :class:`~tidegauge.edge.sink.OutboxSink`. The uplink is HTTP for an
+``http(s)://`` upstream, NATS JetStream for ``nats://`` (:mod:`tidegauge.edge.jetstream`). Checkpoints (every
 ``checkpoint_interval``) make outbox records visible to the uplink; everything lives under ``data_dir``::
 
     data_dir/outbox.db       the outbox (SQLite, WAL)

@@ -1,5 +1,7 @@
 """The uplink: sends the outbox's visible records upstream in batches, in order per stream.
 
+Over HTTP (this module) or NATS JetStream (:mod:`tidegauge.edge.jetstream`, the same batches and logic).
+
 - **Batches** of one stream, contiguous sequence numbers, with an idempotency key
   (``<agent>:<stream>:<first>-<last>``): the upstream de-duplicates a batch sent twice (an answer lost).
 - **A window of batches in flight** (``window``, default 2; one for alert streams); the upstream applies a
