@@ -72,3 +72,23 @@ def test_first_detector_and_window_use_loads_numba_and_computes() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "False", "[50]", "[90.0]"]
+
+
+def test_a_flow_without_detectors_or_windows_never_loads_numba() -> None:
+    """Event time (watermarks) is vectorised with numpy; only a future-stamped record needs the compiled loop."""
+    code = (
+        "import sys, polars as pl\n"
+        "from tidegauge.dataflow import Flow\n"
+        "from tidegauge.testing import MemorySink, MemorySource\n"
+        "ts = [f'2026-01-01T00:00:{s:02d}Z' for s in range(50)]\n"
+        "df = pl.DataFrame({'sensor_id': ['a', 'b'] * 25, 'timestamp': ts, 'v': list(range(50))})\n"
+        "df = df.with_columns(pl.col('timestamp').str.to_datetime(time_zone='UTC'))\n"
+        "flow = Flow('f')\n"
+        "out = MemorySink()\n"
+        "flow.source(MemorySource(df, batch_rows=7)).filter('v >= 10').sink(out)\n"
+        "flow.run()\n"
+        "print('numba' in sys.modules, out.to_frame().height)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "40"]

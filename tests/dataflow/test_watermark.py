@@ -100,3 +100,30 @@ def test_snapshot_round_trip() -> None:
     snap = msgspec.msgpack.decode(msgspec.msgpack.encode(clock.snapshot()), type=SourceClockSnapshot)
     again = SourceClock(WatermarkConfig(max_delay=S), snap)
     assert again.watermark == clock.watermark == 6 * S
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ts=st.lists(st.integers(0, 10_000), min_size=1, max_size=60),
+    max_event=st.one_of(st.just(NO_WATERMARK), st.integers(0, 10_000)),
+    floor=st.one_of(st.just(NO_WATERMARK), st.integers(0, 10_000)),
+    max_delay=st.integers(0, 500),
+    max_future=st.integers(0, 3_000),
+    check=st.booleans(),
+    future_ref=st.one_of(st.just(NO_WATERMARK), st.integers(0, 10_000)),
+)
+def test_vectorised_assignment_equals_the_compiled_loop_or_defers_to_it(
+    ts: list[int], max_event: int, floor: int, max_delay: int, max_future: int, check: bool, future_ref: int
+) -> None:
+    """The numpy path (numba left unloaded) gives the kernel's answer, or none when a record is from the future."""
+    from tidegauge.dataflow.watermark import _assign, _assign_vectorised
+
+    arr = np.array(ts, np.int64)
+    args = (arr, max_event, floor, max_delay, max_future, check, future_ref)
+    wm, future, m = _assign(*args)
+    fast = _assign_vectorised(*args)
+    if fast is None:
+        assert check and future.any()
+    else:
+        assert not future.any()
+        assert fast[0].tolist() == wm.tolist() and fast[1].tolist() == future.tolist() and fast[2] == int(m)

@@ -90,6 +90,28 @@ def _assign(ts, max_event, floor, max_delay, max_future, check_future, future_re
     return wm, future, m
 
 
+def _assign_vectorised(
+    ts: np.ndarray, max_event: int, floor: int, max_delay: int, max_future: int, check_future: bool, future_ref: int
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """:func:`_assign` with numpy, for a batch with no future-stamped record (``None`` if it has one).
+
+    Without exclusions the newest event time before record ``i`` is a running maximum, so each record's
+    watermark is vectorised; the first future-stamped record is the first the running maximum flags (up
+    to it both agree), and then the compiled loop redoes the batch.
+    """
+    n = ts.shape[0]
+    before = np.empty(n, np.int64)
+    before[0] = max_event
+    if n > 1:
+        np.maximum.accumulate(ts[:-1], out=before[1:])
+        np.maximum(before[1:], max_event, out=before[1:])
+    ahead = before - max_delay
+    wm = np.where((before > NO_WATERMARK) & (ahead > floor), ahead, floor)
+    if check_future and (ts > np.maximum(wm, future_ref) + max_future).any():
+        return None
+    return wm, np.zeros(n, np.bool_), max(max_event, int(ts.max()))
+
+
 class SourceClock:
     """Event-time progress of one source."""
 
@@ -119,9 +141,9 @@ class SourceClock:
         future_ref = NO_WATERMARK
         if check and self.max_event == NO_WATERMARK and self.floor == NO_WATERMARK:
             future_ref = int(np.median(ts)) - cfg.max_delay
-        wm, future, m = _assign(
-            ts, self.max_event, self.floor, cfg.max_delay, cfg.max_future or 0, check, future_ref
-        )
+        args = (ts, self.max_event, self.floor, cfg.max_delay, cfg.max_future or 0, check, future_ref)
+        # the compiled loop only for a batch with a future-stamped record: numba stays unloaded otherwise
+        wm, future, m = _assign_vectorised(*args) or _assign(*args)
         self.future_ref = future_ref
         self.max_event = int(m)
         return wm, future
