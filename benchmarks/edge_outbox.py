@@ -6,7 +6,8 @@
    between), plus ``always`` and ``os`` for reference. Measured twice: payloads already encoded (the outbox
    alone) and from polars frames (the sink's whole path: JSON encoding + numbering + append).
    Reference in the same run: SQLite's raw insert rate, the same payloads ``executemany``'d into a bare
-   ``(seq INTEGER PRIMARY KEY, payload BLOB)`` WAL table, one transaction per batch.
+   ``(seq INTEGER PRIMARY KEY, payload BLOB)`` WAL table, one transaction per batch; and the same records
+   pre-joined into rows of ~28 KiB of NDJSON (the outbox's block layout, so the ceiling of its appends).
 2. **Replay** (records/s): an outbox pre-filled with ``--replay`` committed records drained by the uplink to a
    real upstream server process over loopback (the receiver de-duplicates, appends to the intake log, the
    upstream flow writes JSONL), until every record is acknowledged.
@@ -62,6 +63,27 @@ def bench_sqlite_raw(path: Path, payloads: list[bytes], batch: int, *, tuned: bo
     return len(payloads) / elapsed
 
 
+def bench_sqlite_raw_blocks(path: Path, payloads: list[bytes], batch: int) -> float:
+    """The same records as rows of ~28 KiB of NDJSON (the outbox's layout) in a bare table, 32 KiB pages."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA page_size=32768")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE t (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, payload BLOB NOT NULL)")
+    per = max(1, 28 * 1024 * len(payloads) // sum(map(len, payloads)))
+    t0 = time.perf_counter()
+    for i in range(0, len(payloads), batch):
+        chunk = payloads[i:i + batch]
+        rows = [(i + j + 1, i + j + len(chunk[j:j + per]), b"\n".join(chunk[j:j + per]) + b"\n")
+                for j in range(0, len(chunk), per)]
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    db.close()
+    return len(payloads) / elapsed
+
+
 def bench_outbox(path: Path, payloads: list[bytes], batch: int, fsync: str) -> float:
     from tidegauge.edge.outbox import Outbox, StreamPolicy
 
@@ -79,14 +101,14 @@ def bench_outbox(path: Path, payloads: list[bytes], batch: int, fsync: str) -> f
 
 def bench_sink_path(path: Path, df: pl.DataFrame, batch: int) -> float:
     from tidegauge.edge.outbox import Outbox, StreamPolicy
-    from tidegauge.edge.sink import encode_records
+    from tidegauge.edge.sink import OutboxSink
 
     box = Outbox(path, {"readings": StreamPolicy(max_bytes=1 << 40)})
+    sink = OutboxSink(box, "readings").build(None)
     frames = [df.slice(i, batch) for i in range(0, df.height, batch)]
     t0 = time.perf_counter()
     for n, f in enumerate(frames):
-        first = box.next_seq("readings")
-        box.append("readings", encode_records(f, first), first_seq=first)
+        sink._write(f)  # what write_batch runs in its worker thread: encode, number, append
         if n % 10 == 9:
             box.make_durable()
     box.make_durable()
@@ -138,8 +160,8 @@ def start_upstream(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     return p, port
 
 
-def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int, window: int = 2) -> tuple[float, float]:
-    """Records/s, and records per CPU-second of the agent and upstream processes together."""
+def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int, window: int = 2) -> tuple[float, float, float]:
+    """Records/s, and the CPU-seconds of the agent (this process) and of the upstream process."""
     tmp.mkdir(parents=True)
     from tidegauge.edge.outbox import Outbox, StreamPolicy
     from tidegauge.edge.sink import encode_records
@@ -188,12 +210,13 @@ def bench_replay(tmp: Path, df: pl.DataFrame, n: int, batch: int, window: int = 
             await up.close()
             return elapsed
         elapsed = asyncio.run(drain())
-        cpu = sum(upstream_ps.cpu_times()[:2]) - cpu_up0 + time.process_time() - cpu_me0
+        cpu_me = time.process_time() - cpu_me0
+        cpu_up = sum(upstream_ps.cpu_times()[:2]) - cpu_up0
     finally:
         up_proc.send_signal(signal.SIGTERM)
         up_proc.wait(60)
     box.close()
-    return n / elapsed, n / cpu
+    return n / elapsed, cpu_me, cpu_up
 
 
 def bench_agent(tmp: Path, label: str, seconds: float, rate: float, limit: int | None) -> dict[str, float]:
@@ -263,6 +286,7 @@ def main() -> None:
                 for name, fn in (
                     ("raw", lambda p: bench_sqlite_raw(p, payloads, a.batch)),
                     ("raw_tuned", lambda p: bench_sqlite_raw(p, payloads, a.batch, tuned=True)),
+                    ("raw_blocks", lambda p: bench_sqlite_raw_blocks(p, payloads, a.batch)),
                     ("checkpoint", lambda p: bench_outbox(p, payloads, a.batch, "checkpoint")),
                     ("always", lambda p: bench_outbox(p, payloads, a.batch, "always")),
                     ("os", lambda p: bench_outbox(p, payloads, a.batch, "os")),
@@ -273,6 +297,8 @@ def main() -> None:
             raw = med["raw"]
             print(f"  SQLite raw executemany (WAL, synchronous=NORMAL):       {raw:>10,.0f} records/s")
             print(f"  SQLite raw, same pragmas as the outbox (+autocheckpoint): {med['raw_tuned']:>8,.0f} records/s")
+            print(f"  SQLite raw, rows of ~28 KiB of NDJSON (the outbox's layout): "
+                  f"{med['raw_blocks']:>5,.0f} records/s")
             for fsync in ("checkpoint", "always", "os"):
                 r = med[fsync]
                 print(f"  outbox append, fsync={fsync:<10}                          {r:>10,.0f} records/s "
@@ -283,10 +309,11 @@ def main() -> None:
         if "replay" in only:
             for batch in a.replay_batch:
                 for window in a.window:
-                    r, per_cpu = bench_replay(tmp / f"replay-{batch}-{window}", df, a.replay, batch, window)
+                    r, cpu_me, cpu_up = bench_replay(tmp / f"replay-{batch}-{window}", df, a.replay, batch, window)
                     print(f"replay: {a.replay:,} records to the upstream over loopback, batches of {batch:,}, "
-                          f"{window} in flight: {r:,.0f} records/s ({per_cpu:,.0f} per CPU-second, agent + "
-                          "upstream)")
+                          f"{window} in flight: {r:,.0f} records/s ({a.replay / (cpu_me + cpu_up):,.0f} per "
+                          f"CPU-second, agent + upstream; agent alone {a.replay / cpu_me:,.0f}, upstream alone "
+                          f"{a.replay / cpu_up:,.0f})")
         if "agent" in only:
             idle = bench_agent(tmp, "idle", a.agent_seconds, 2000.0, 0)
             print(f"agent idle:          RSS max {idle['rss_mb_max']:.0f} MB, CPU {idle['cpu_pct']:.1f}% "

@@ -260,3 +260,31 @@ def test_snapshot_round_trip() -> None:
     again = SourceClock(WatermarkConfig(max_delay=S), snap)
     assert again.watermark == clock.watermark == 6 * S
     assert again.recent.tolist() == [5 * S, 7 * S]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ts=st.lists(st.integers(0, 10_000), min_size=1, max_size=60),
+    max_event=st.one_of(st.just(NO_WATERMARK), st.integers(0, 10_000)),
+    floor=st.one_of(st.just(NO_WATERMARK), st.integers(0, 10_000)),
+    max_delay=st.integers(0, 500),
+    max_future=st.integers(0, 3_000),
+    window=st.integers(0, 8),
+    voters=st.lists(st.integers(0, 10_000), max_size=8),
+)
+def test_vectorised_assignment_equals_the_compiled_loop_or_defers_to_it(
+    ts: list[int], max_event: int, floor: int, max_delay: int, max_future: int, window: int, voters: list[int]
+) -> None:
+    """The numpy path (numba left unloaded) gives the kernel's answer, or none when a record may be judged
+    future (the vote then decides, in the kernel)."""
+    from tidegauge.dataflow.watermark import _assign, _assign_vectorised
+
+    arr = np.array(ts, np.int64)
+    args = (arr, max_event, floor, max_delay, max_future, window, np.array(voters, np.int64))
+    wm, future, m, refs = _assign(*args)
+    fast = _assign_vectorised(*args)
+    if fast is None:
+        assert window > 0 and bool((arr > wm + max_future).any())
+    else:
+        assert not future.any() and refs.size == 0
+        assert fast[0].tolist() == wm.tolist() and not fast[1].any() and fast[2] == int(m)

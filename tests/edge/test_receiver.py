@@ -126,7 +126,9 @@ def test_replayed_alert_that_resolved_does_not_page(tmp_path: Path) -> None:
     assert up._pages("alerts", first, up._replay_cutoff()) == [False, False, True]
     rest = box.read("alerts", after=3, limit=10)
     assert up._pages("alerts", rest, up._replay_cutoff()) == [False, True], "a's resolution is not paged either"
-    body, n_replay = up._body("alerts", first)
+    batch = box.read_batch("alerts", after=0, limit=3)
+    assert batch is not None
+    body, n_replay = up._body("alerts", batch)
     assert n_replay == 3 and body.count(b'"edge_replay":true') == 3
 
 

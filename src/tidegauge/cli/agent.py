@@ -3,6 +3,7 @@
 ::
 
     tidegauge agent --id gw-1 --upstream https://cloud:8080 --token $TOKEN --data-dir /var/lib/tidegauge
+    tidegauge agent --id gw-1 --upstream nats://broker:4222 --data-dir /var/lib/tidegauge   # via JetStream
 
 Every flag has an environment variable (``TIDEGAUGE_AGENT_*``, shown in ``--help``). SIGINT/SIGTERM stop it
 after a final checkpoint; the outbox keeps what was not forwarded for the next start.
@@ -30,7 +31,9 @@ def _opt(help: str, env: str, *names: str) -> Any:
 @app.command()
 def agent(
     id: Annotated[str, _opt("The agent's id (unique in the fleet).", "ID", "--id")],
-    upstream: Annotated[str, _opt("Base URL of the upstream tidegauge server.", "UPSTREAM", "--upstream")],
+    upstream: Annotated[str, _opt("Base URL of the upstream tidegauge server (http:// or https://), or NATS "
+                                  "server(s) (nats://host:4222, comma-separated) to publish to JetStream.",
+                                  "UPSTREAM", "--upstream")],
     data_dir: Annotated[Path, _opt("Outbox, checkpoints and local state.", "DATA_DIR", "--data-dir")],
     token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest).", "TOKEN", "--token")] = None,
     pipeline: Annotated[Path | None, _opt("A pipeline YAML to run instead of the default simulated fleet; "
@@ -66,11 +69,17 @@ def agent(
                                             "FOLLOW_ASSIGNMENT", "--follow-assignment/--all-sensors")] = False,
     capacity: Annotated[int, _opt("How many sensors the agent is willing to process (assignment strategies "
                                   "weigh agents by it).", "CAPACITY", "--capacity")] = 1000,
+    jetstream_stream: Annotated[str, _opt("JetStream stream of a nats:// upstream (created if missing).",
+                                          "JETSTREAM_STREAM", "--jetstream-stream")] = "TIDEGAUGE_EDGE",
+    jetstream_subject: Annotated[str, _opt("Subject prefix of a nats:// upstream: batches go to "
+                                           "PREFIX.<id>.<stream>.", "JETSTREAM_SUBJECT",
+                                           "--jetstream-subject")] = "tidegauge.edge",
 ) -> None:
     """Run the edge agent until Ctrl-C: local pipeline, durable outbox, forwarding upstream."""
     import msgspec
 
     from tidegauge.edge.agent import DEFAULT_STREAMS, AgentConfig, run_agent
+    from tidegauge.edge.jetstream import JetStreamConfig
     from tidegauge.edge.outbox import StreamPolicy
     from tidegauge.edge.uplink import UplinkConfig
     from tidegauge.errors import ConfigError
@@ -106,7 +115,8 @@ def agent(
                          checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
                          sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
                          location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment,
-                         capacity=capacity)
+                         capacity=capacity,
+                         jetstream=JetStreamConfig(stream=jetstream_stream, subject=jetstream_subject))
     flow = None
     if pipeline is not None:
         from tidegauge.edge.sink import agent_outbox

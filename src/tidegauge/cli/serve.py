@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,6 +51,22 @@ def serve(
         envvar="TIDEGAUGE_EDGE_DB", show_envvar=True)] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="Log lines as 'text' or 'json' (one object each).",
                                             envvar="TIDEGAUGE_LOG_FORMAT", show_envvar=True)] = "text",
+    edge_nats: Annotated[str | None, typer.Option(
+        "--edge-nats", help="Also take edge agents' batches from NATS JetStream (agents run with --upstream "
+        "nats://...): server URL(s), e.g. nats://127.0.0.1:4222. Needs --edge-db.",
+        envvar="TIDEGAUGE_EDGE_NATS", show_envvar=True)] = None,
+    edge_nats_stream: Annotated[str, typer.Option(
+        "--edge-nats-stream", help="JetStream stream of the agents' batches (created if missing).",
+        envvar="TIDEGAUGE_EDGE_NATS_STREAM", show_envvar=True)] = "TIDEGAUGE_EDGE",
+    edge_nats_subject: Annotated[str, typer.Option(
+        "--edge-nats-subject", help="Subject prefix the agents publish under.",
+        envvar="TIDEGAUGE_EDGE_NATS_SUBJECT", show_envvar=True)] = "tidegauge.edge",
+    edge_nats_durable: Annotated[str, typer.Option(
+        "--edge-nats-durable", help="Name of the durable JetStream consumer.",
+        envvar="TIDEGAUGE_EDGE_NATS_DURABLE", show_envvar=True)] = "tidegauge-upstream",
+    edge_nats_token: Annotated[str | None, typer.Option(
+        "--edge-nats-token", help="Auth token of the NATS server.", envvar="TIDEGAUGE_EDGE_NATS_TOKEN",
+        show_envvar=True)] = None,
 ) -> None:
     """Run a pipeline and its HTTP server until Ctrl-C (then checkpoint and stop)."""
     from tidegauge.server import hash_token as _hash
@@ -74,6 +91,9 @@ def serve(
     served = served_pipeline(pipeline, loaded, built, host=host, port=port)
     runner, config = served.runner, served.server
     receiver = None
+    background = []
+    if edge_nats is not None and edge_db is None:
+        raise ConfigError("--edge-nats needs --edge-db (the file of what each agent's batches brought)")
     if edge_db is not None:
         from tidegauge.edge.receiver import receiver_for_flow
 
@@ -82,22 +102,40 @@ def serve(
             logger.warning("edge alerts are recorded, not paged: add an 'alerts:' section (its receivers page "
                            "them) to %s", pipeline)
         receiver = receiver_for_flow(runner.flow, edge_db, alerts=manager)
-    result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver, live=served.live)
+        if edge_nats is not None:
+            from tidegauge.edge.jetstream import JetStreamConfig, JetStreamIntake
+
+            js = JetStreamConfig(stream=edge_nats_stream, subject=edge_nats_subject, durable=edge_nats_durable)
+            background.append(JetStreamIntake(receiver, edge_nats, token=edge_nats_token, config=js).run)
+    result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver,
+                        background=background, live=served.live)
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "
                f"{result.checkpoints} checkpoints")
     if built.alerting is not None:
         typer.echo(built.alerting.summary())
 
 
-def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any, **parts: Any) -> Any:
+def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any,
+               background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (), **parts: Any) -> Any:
     """Serve ``runner`` (with the alert API when the pipeline has an ``alerts:`` section) until it ends or a
     signal stops it; the alert manager is closed afterwards. ``parts`` go to :func:`tidegauge.server.serve`
-    (``edge_receiver``, ...)."""
+    (``edge_receiver``, ...); each of ``background`` runs in the same event loop until the server stops
+    (``JetStreamIntake.run``)."""
     from tidegauge.server import serve as _serve
 
+    async def main() -> Any:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(run(stop)) for run in background]
+        try:
+            return await _serve(runner, server, environ=environ,
+                                alerts=None if alerting is None else alerting.manager, **parts)
+        finally:
+            stop.set()
+            for t in tasks:
+                await t
+
     try:
-        return asyncio.run(_serve(runner, server, environ=environ,
-                                  alerts=None if alerting is None else alerting.manager, **parts))
+        return asyncio.run(main())
     finally:
         if alerting is not None:
             alerting.close()

@@ -33,7 +33,10 @@ class SimulatorSourceLogic:
         self._clock = clock
         # Pacing is anchored at build: the next row is due now, later ones every 1/rate seconds after.
         # With start "now" this makes event time equal wall time; after a restore it avoids a burst.
-        self._offset = clock.now_us() - sim.next_due_us() if paced else 0
+        # The offset itself is worked out at the first batch: the next row's schedule means generating a
+        # block of rows (~10 MB), which a source that never emits (limit reached) should not hold.
+        self._built_us = clock.now_us()
+        self._offset: int | None = None if paced else 0
 
     def _remaining(self, max_rows: int) -> int:
         if self._limit is None:
@@ -54,12 +57,15 @@ class SimulatorSourceLogic:
             return None
         if not self._paced:
             return self._sim.next_batch(want)
+        if self._offset is None:
+            self._offset = self._built_us - self._sim.next_due_us()
+        offset = self._offset
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_delay_s
         got_first = False
         while True:
             now = self._clock.now_us()
-            due = self._sim.rows_due(now - self._offset, want)
+            due = self._sim.rows_due(now - offset, want)
             if due and not got_first:
                 got_first = True
                 deadline = loop.time() + max_delay_s
@@ -67,7 +73,7 @@ class SimulatorSourceLogic:
             if due == want or left <= 0:
                 break
             # Sleep until the next row is due, the deadline, or the poll bound, whichever is first.
-            next_due_s = (self._sim.next_due_us(due) + self._offset - now) / 1e6
+            next_due_s = (self._sim.next_due_us(due) + offset - now) / 1e6
             await asyncio.sleep(max(0.0, min(next_due_s, left, _MAX_SLEEP_S)))
         if due == 0:
             return READING_SCHEMA.to_frame()

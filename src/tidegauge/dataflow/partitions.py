@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.dataflow.base import NO_WATERMARK
 from tidegauge.dataflow.watermark import SourceClock, SourceClockSnapshot, WatermarkConfig
 
@@ -53,7 +53,7 @@ __all__ = ["PartitionedSourceClock"]
 logger = logging.getLogger(__name__)
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _assign(ts, pid, pmax, active, combined, floor, max_delay, max_future, check_future, future_ref):  # type: ignore[no-untyped-def]
     # check_future / future_ref: the vote window and the voting event times, as in watermark._assign
     n = ts.shape[0]

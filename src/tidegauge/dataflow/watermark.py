@@ -58,8 +58,8 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge._time import Duration, parse_duration
 from tidegauge.dataflow.base import NO_WATERMARK
 
@@ -142,7 +142,7 @@ class SourceClockSnapshot(msgspec.Struct, frozen=True, tag="source-clock/1"):
     snapshots written before the vote existed: the watermark alone then judges until records come"""
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _assign(ts, max_event, floor, max_delay, max_future, check_future, future_ref):  # type: ignore[no-untyped-def]
     # check_future: how many recent records vote (0: no future check); future_ref: the event times that
     # vote, oldest first, before this batch (this batch's earlier records join them as it goes)
@@ -187,6 +187,38 @@ def _assign(ts, max_event, floor, max_delay, max_future, check_future, future_re
         if ts[i] > m:
             m = ts[i]
     return wm, future, m, refs[:n_future]
+
+
+def _assign_vectorised(
+    ts: np.ndarray, max_event: int, floor: int, max_delay: int, max_future: int, check_future: int,
+    voters: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray] | None:
+    """:func:`_assign` with numpy when no record of the batch can be judged future (``None`` otherwise: the
+    compiled loop then decides). numba stays unloaded for such batches.
+
+    Without exclusions the newest event time before record ``i`` is a running maximum, so each record's
+    watermark is vectorised. A record is judged future only when it is more than ``max_future`` ahead of its
+    watermark *and* more than half of the records voting on it are behind ``ts[i] - max_future + max_delay``;
+    when that bar is at or below every voter (the history and the whole batch: a superset of each record's
+    voters), no vote can pass.
+    """
+    n = ts.shape[0]
+    before = np.empty(n, np.int64)
+    before[0] = max_event
+    if n > 1:
+        np.maximum.accumulate(ts[:-1], out=before[1:])
+        np.maximum(before[1:], max_event, out=before[1:])
+    ahead = before - max_delay
+    wm = np.where((before > NO_WATERMARK) & (ahead > floor), ahead, floor)
+    if check_future > 0:
+        candidates = ts > wm + max_future
+        if candidates.any():
+            if voters.shape[0] == 0 and candidates[0]:
+                return None  # the first record of a source with no history has no voter: it is judged on wm
+            lowest = min(int(ts.min()), int(voters.min()) if voters.shape[0] else int(ts.min()))
+            if int(ts[candidates].max()) - max_future + max_delay > lowest:
+                return None
+    return wm, np.zeros(n, np.bool_), max(max_event, int(ts.max())), np.empty(0, np.int64)
 
 
 def _first_batch_voters(ts: np.ndarray, window: int) -> np.ndarray:
@@ -247,8 +279,9 @@ class SourceClock:
             return np.empty(0, np.int64), np.zeros(0, np.bool_)
         ts = np.ascontiguousarray(ts, dtype=np.int64)
         window, voters = self._voters(ts)
-        wm, future, m, refs = _assign(ts, self.max_event, self.floor, cfg.max_delay, cfg.max_future or 0,
-                                      window, voters)
+        args = (ts, self.max_event, self.floor, cfg.max_delay, cfg.max_future or 0, window, voters)
+        # the compiled loop only for a batch where a record may be future: numba stays unloaded otherwise
+        wm, future, m, refs = _assign_vectorised(*args) or _assign(*args)
         self.future_refs = refs
         self.max_event = int(m)
         self._remember(ts)

@@ -7,8 +7,8 @@ import math
 
 import msgspec
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.detectors.base import Batch, Detector, DetectorLogic, DetectorSnapshot, check_positive
 
 __all__ = ["Calibrated", "CalibratedSnapshot"]
@@ -114,7 +114,7 @@ class _CalibratedLogic(DetectorLogic):
         self.inner = inner_def.build(msgspec.msgpack.decode(snap.children[0], type=inner_def.snapshot_type))
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _calibrate_kernel(
     keys: np.ndarray,
     raw: np.ndarray,

@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.detectors.base import Batch, Detector, DetectorLogic, DetectorSnapshot, check_fields, check_positive
 
 __all__ = ["Flatline", "FlatlineSnapshot"]
@@ -86,7 +86,7 @@ class _FlatlineLogic(DetectorLogic):
         _flatline_kernel(batch.keys, batch.values(d.fields), a["last"], a["run"], d.n, d.tolerance, score, learn, out)
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _flatline_kernel(
     keys: np.ndarray,
     x: np.ndarray,

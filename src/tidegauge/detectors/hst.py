@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.detectors.base import Batch, Detector, DetectorLogic, DetectorSnapshot, check_fields, check_positive
 
 __all__ = ["HalfSpaceTrees", "HalfSpaceTreesSnapshot"]
@@ -171,7 +171,7 @@ class _HSTLogic(DetectorLogic):
         )  # fmt: skip
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _hst_kernel(
     keys: np.ndarray,
     x: np.ndarray,

@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.detectors.base import Batch, Detector, DetectorLogic, DetectorSnapshot, check_fields, check_positive
 
 __all__ = ["Mahalanobis", "MahalanobisSnapshot"]
@@ -93,7 +93,7 @@ class _MahalanobisLogic(DetectorLogic):
         )  # fmt: skip
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _mahalanobis_kernel(
     keys: np.ndarray,
     x: np.ndarray,

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.detectors.base import Batch, Detector, DetectorLogic, DetectorSnapshot, check_fields, check_positive
 
 __all__ = ["RateOfChange", "RateOfChangeSnapshot"]
@@ -94,7 +94,7 @@ class _RateLogic(DetectorLogic):
         )
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _rate_kernel(
     keys: np.ndarray,
     ts: np.ndarray,

@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.detectors.base import Batch, Detector, DetectorLogic, DetectorSnapshot, check_fields
 
 __all__ = ["Threshold", "ThresholdSnapshot"]
@@ -82,7 +82,7 @@ class _ThresholdLogic(DetectorLogic):
             _range_kernel(batch.values(d.fields), d.lower, d.upper, out)
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _range_kernel(x: np.ndarray, lower: float, upper: float, out: np.ndarray) -> None:
     n, f = x.shape
     for i in range(n):

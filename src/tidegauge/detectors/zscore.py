@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
+from tidegauge._jit import lazy_njit
 from tidegauge.checkpoint.codec import pack_array, unpack_array
 from tidegauge.detectors.base import Batch, Detector, DetectorLogic, DetectorSnapshot, check_fields, check_positive
 
@@ -201,7 +201,7 @@ class _ZScoreLogic(DetectorLogic):
         )
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _zscore_kernel(
     keys: np.ndarray,
     x: np.ndarray,
@@ -371,7 +371,7 @@ def _zscore_kernel(
         out[i] = best
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def _fleet_update(fleet: np.ndarray, j: int, v: float, fleet_alpha: float, clip: float) -> None:
     """Winsorised EWMA of every key's values of field ``j`` (bias-corrected like the per-key state)."""
     c = fleet[j, 2] + 1.0

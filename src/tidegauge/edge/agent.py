@@ -2,7 +2,8 @@
 
 :func:`run_agent` runs until stopped. The default pipeline (:func:`default_flow`): the simulated fleet (or
 a pipeline file's flow), the default anomaly detector, 1-minute windows and the default alert rules, each
-forwarded stream ending in an :class:`~tidegauge.edge.sink.OutboxSink`. Checkpoints (every
+forwarded stream ending in an :class:`~tidegauge.edge.sink.OutboxSink`. The uplink is HTTP for an
+``http(s)://`` upstream, NATS JetStream for ``nats://`` (:mod:`tidegauge.edge.jetstream`). Checkpoints (every
 ``checkpoint_interval``) make outbox records visible to the uplink; everything lives under ``data_dir``::
 
     data_dir/outbox.db       the outbox (SQLite, WAL)
@@ -30,6 +31,7 @@ import msgspec
 from tidegauge._time import Clock, SystemClock, parse_duration
 from tidegauge.edge.follow import AssignmentView
 from tidegauge.edge.heartbeat import Assignment, Heartbeat, probe_resources
+from tidegauge.edge.jetstream import JetStreamConfig, JetStreamUplink, is_nats_url
 from tidegauge.edge.outbox import FsyncPolicy, Outbox, StreamPolicy
 from tidegauge.edge.sink import OutboxSink
 from tidegauge.edge.uplink import Uplink, UplinkConfig
@@ -63,6 +65,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     streams: dict[str, StreamPolicy] = msgspec.field(default_factory=lambda: dict(DEFAULT_STREAMS))
     fsync: FsyncPolicy = "checkpoint"
     uplink: UplinkConfig = UplinkConfig()
+    jetstream: JetStreamConfig = JetStreamConfig()
+    """stream and subject when ``upstream`` is a NATS URL (:mod:`tidegauge.edge.jetstream`)"""
     checkpoint_interval: str = "1s"
     heartbeat_interval: str = "5s"
     sensors: int = 200
@@ -79,8 +83,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.node_id:
             raise ValueError("node_id is empty: give the agent an id (--id)")
-        if not self.upstream.startswith(("http://", "https://")):
-            raise ValueError(f"upstream={self.upstream!r}: use an http:// or https:// URL")
+        if not self.upstream.startswith(("http://", "https://")) and not is_nats_url(self.upstream):
+            raise ValueError(f"upstream={self.upstream!r}: use an http:// or https:// URL (a tidegauge server), "
+                             "or nats:// / tls:// (NATS JetStream)")
         for name in ("checkpoint_interval", "heartbeat_interval"):
             parse_duration(getattr(self, name), name=name)
 
@@ -198,6 +203,10 @@ class EdgeAgent:
     async def heartbeats(self, stop: asyncio.Event) -> None:
         """POST a heartbeat every interval; an upstream without a coordinator (404) is logged once."""
         interval = parse_duration(self.config.heartbeat_interval) / 1e6
+        if self.uplink.client is None:
+            logger.info("upstream %s is a broker: no heartbeats (they go to an HTTP upstream's coordinator)",
+                        self.config.upstream)
+            return
         told_404 = False
         told_refused = ""
         # Register once the flow has taken its first batch: building it (numba kernels, first imports) can
@@ -274,8 +283,12 @@ async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | Non
     built = flow(outbox) if callable(flow) else default_flow(config, outbox, clock=clock, view=view)
     runner = Runner(built, max_delay="20ms",
                     checkpoint=CheckpointConfig(data_dir / "checkpoints", interval=config.checkpoint_interval))
-    uplink = Uplink(outbox, config.upstream, node_id=config.node_id, token=config.token, config=config.uplink,
-                    clock=clock)
+    if is_nats_url(config.upstream):
+        uplink: Uplink = JetStreamUplink(outbox, config.upstream, node_id=config.node_id, token=config.token,
+                                         config=config.uplink, jetstream=config.jetstream, clock=clock)
+    else:
+        uplink = Uplink(outbox, config.upstream, node_id=config.node_id, token=config.token, config=config.uplink,
+                        clock=clock)
     agent = EdgeAgent(config, outbox, uplink, runner, view)
     stop = stop or asyncio.Event()
     server = None

@@ -123,7 +123,8 @@ async def start_server(agent: EdgeAgent, listen: str) -> _Handle:
             yield
 
     server = _Server(uvicorn.Config(agent_app(agent), host=host, port=int(port), log_level="warning",
-                                    access_log=False, lifespan="off"))
+                                    # no WebSocket routes here: "none" spares importing a WebSocket library
+                                    access_log=False, lifespan="off", ws="none"))
     # bind here: a taken port is a clear error instead of uvicorn exiting the process from inside a task
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

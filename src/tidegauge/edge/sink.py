@@ -27,7 +27,8 @@ from tidegauge.dataflow.base import drop_internal
 from tidegauge.edge.outbox import Outbox, StreamPolicy
 from tidegauge.errors import ConfigError
 
-__all__ = ["OutboxSink", "OutboxSinkLogic", "OutboxSinkState", "agent_outbox", "pipeline_outbox_sink"]
+__all__ = ["OutboxSink", "OutboxSinkLogic", "OutboxSinkState", "agent_outbox", "encode_ndjson", "encode_records",
+           "pipeline_outbox_sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +40,21 @@ class OutboxSinkState(msgspec.Struct, frozen=True, tag="tidegauge.outbox-sink.v1
     seq: int
 
 
-def encode_records(df: pl.DataFrame, first_seq: int) -> list[bytes]:
-    """``df``'s rows as JSON objects (one ``bytes`` each) with ``edge_seq`` from ``first_seq`` on."""
+def encode_ndjson(df: pl.DataFrame, first_seq: int) -> bytes:
+    """``df``'s rows as NDJSON (each line ending in ``\\n``) with ``edge_seq`` from ``first_seq`` on."""
     if not df.height:
-        return []
+        return b""
     df = df.with_columns(pl.int_range(first_seq, first_seq + df.height, dtype=pl.Int64).alias("edge_seq"))
-    # one polars call for the batch, written as bytes (a str result costs a decode and an encode), then split
+    # one polars call for the batch, written as bytes (a str result costs a decode and an encode)
     buf = io.BytesIO()
     df.write_ndjson(buf)
-    return buf.getvalue().splitlines()
+    out = buf.getvalue()
+    return out if out.endswith(b"\n") else out + b"\n"
+
+
+def encode_records(df: pl.DataFrame, first_seq: int) -> list[bytes]:
+    """``df``'s rows as JSON objects (one ``bytes`` each) with ``edge_seq`` from ``first_seq`` on."""
+    return encode_ndjson(df, first_seq).splitlines()
 
 
 class OutboxSink:
@@ -99,9 +106,9 @@ class OutboxSinkLogic:
 
     def _write(self, df: pl.DataFrame) -> None:
         first = self._box.next_seq(self._d.stream)
-        payloads = encode_records(df, first)
-        self._box.append(self._d.stream, payloads, first_seq=first)
-        self.records += len(payloads)
+        # the NDJSON polars wrote is stored as it is (blocks of lines), never split into one object a record
+        self._box.append_ndjson(self._d.stream, encode_ndjson(df, first), df.height, first_seq=first)
+        self.records += df.height
 
     async def write_batch(self, df: pl.DataFrame) -> None:
         df = drop_internal(df)

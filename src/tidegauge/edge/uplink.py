@@ -1,5 +1,7 @@
 """The uplink: sends the outbox's visible records upstream in batches, in order per stream.
 
+Over HTTP (this module) or NATS JetStream (:mod:`tidegauge.edge.jetstream`, the same batches and logic).
+
 - **Batches** of one stream, contiguous sequence numbers, with an idempotency key
   (``<agent>:<stream>:<first>-<last>``): the upstream de-duplicates a batch sent twice (an answer lost).
 - **A window of batches in flight** (``window``, default 2; one for alert streams); the upstream applies a
@@ -31,7 +33,8 @@ import msgspec
 
 from tidegauge._time import Clock, SystemClock, parse_duration
 from tidegauge.edge import wire
-from tidegauge.edge.outbox import Outbox
+from tidegauge.edge._blocks import splice
+from tidegauge.edge.outbox import Outbox, OutboxBatch
 
 __all__ = ["BreakerState", "Uplink", "UplinkConfig"]
 
@@ -97,24 +100,18 @@ class Uplink:
         Processing time (for replay marking) and the jitter's random seed.
     """
 
+    client: Any
+    """The HTTP client (``httpx.AsyncClient``) on the upstream's base URL; ``None`` for a broker uplink."""
+
     def __init__(self, outbox: Outbox, url: str, *, node_id: str, token: str | None = None,
                  config: UplinkConfig | None = None, clock: Clock | None = None, seed: int | None = None) -> None:
-        try:
-            import httpx
-        except ImportError as exc:
-            from tidegauge.errors import MissingDependencyError
-
-            raise MissingDependencyError("httpx", "edge") from exc
         self.outbox = outbox
         self.url = url.rstrip("/")
         self.node_id = node_id
         self.config = config or UplinkConfig()
         self.clock: Clock = clock or SystemClock()
         self._rng = random.Random(seed)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.AsyncClient(base_url=self.url, headers=headers,
-                                        timeout=parse_duration(self.config.timeout) / 1e6)
-        self._httpx_error = httpx.HTTPError
+        self._open(token)
         self.cursor = {s: outbox.stats(s).acked_seq for s in outbox.streams}
         """per stream: the highest sequence number the upstream acknowledged"""
         self.sent_cursor = dict(self.cursor)
@@ -139,6 +136,19 @@ class Uplink:
         self.errors: dict[str, int] = {}
         self.last_rtt_s = 0.0
 
+    def _open(self, token: str | None) -> None:
+        """Set up the transport (here HTTP; a subclass may use another)."""
+        try:
+            import httpx
+        except ImportError as exc:
+            from tidegauge.errors import MissingDependencyError
+
+            raise MissingDependencyError("httpx", "edge") from exc
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(base_url=self.url, headers=headers,
+                                        timeout=parse_duration(self.config.timeout) / 1e6)
+        self._httpx_error = httpx.HTTPError
+
     # -- choosing what to send -----------------------------------------------------------------------
     def _next_stream(self) -> str | None:
         """Smooth weighted round-robin over the streams that have something to send."""
@@ -160,23 +170,29 @@ class Uplink:
         # not up yet: a success now brings it up now; at the first contact, what predates the start
         return self.started_at_us if self.link_up_at_us is None and not self.errors else self.clock.now_us()
 
-    def _body(self, stream: str, rows: list[tuple[int, int, bytes]]) -> tuple[bytes, int]:
+    def _body(self, stream: str, batch: OutboxBatch) -> tuple[bytes, int]:
+        """The request body (NDJSON, the edge fields spliced into every record) and how many are replayed."""
         up = self._replay_cutoff()
         node = msgspec.json.encode(self.node_id).decode()
         name = msgspec.json.encode(stream).decode()
         live = f'{{"edge_node":{node},"edge_stream":{name},"edge_replay":false,'.encode()
         replay = f'{{"edge_node":{node},"edge_stream":{name},"edge_replay":true,'.encode()
-        is_alerts = stream in self.config.alert_streams
-        pages = self._pages(stream, rows, up) if is_alerts else None
         out, n_replay = [], 0
-        for i, (_, at, payload) in enumerate(rows):
+        if stream in self.config.alert_streams:
+            rows = batch.rows()
+            pages = self._pages(stream, rows, up)
+            for (_, at, payload), page in zip(rows, pages, strict=True):
+                old = at < up
+                n_replay += old
+                head = (replay if old else live) + (b'"edge_page":true,' if page else b'"edge_page":false,')
+                out.append(head + payload[1:] + b"\n")
+            return b"".join(out), n_replay
+        for at, n, blob in batch.parts:
+            # the records of a part share their append time, so their replay mark
             old = at < up
-            n_replay += old
-            head = replay if old else live
-            if pages is not None:
-                head += b'"edge_page":true,' if pages[i] else b'"edge_page":false,'
-            out.append(head + payload[1:])
-        return b"\n".join(out) + b"\n", n_replay
+            n_replay += n if old else 0
+            out.append(splice(blob, replay if old else live))
+        return b"".join(out), n_replay
 
     def _pages(self, stream: str, rows: list[tuple[int, int, bytes]], up: int) -> list[bool]:
         """Whether each alert transition should page upstream (see the module docstring)."""
@@ -214,14 +230,12 @@ class Uplink:
         stream = self._next_stream()
         if stream is None:
             return None
-        cfg = self.config
         prev = self.sent_cursor[stream]
-        rows = await asyncio.to_thread(self.outbox.read, stream, after=prev,
-                                       limit=cfg.batch_records, max_bytes=cfg.batch_bytes, sending=True)
-        if not rows:
+        got = await asyncio.to_thread(self._read, stream, prev)  # one hop to a worker thread per batch
+        if got is None:
             return None
-        first, last = rows[0][0], rows[-1][0]
-        body, n_replay = await asyncio.to_thread(self._body, stream, rows)
+        batch, body, n_replay = got
+        first, last = batch.first, batch.last
         headers = {
             "Content-Type": "application/x-ndjson",
             "Idempotency-Key": wire.idempotency_key(self.node_id, stream, first, last),
@@ -229,7 +243,15 @@ class Uplink:
             wire.PREV: str(self._prev_override.pop(stream, prev)), wire.REPLAY: "1" if n_replay else "0",
         }
         self.sent_cursor[stream] = last
-        return _Batch(stream, first, last, len(rows), sum(len(p) for _, _, p in rows), n_replay, body, headers)
+        return _Batch(stream, first, last, batch.records, batch.size, n_replay, body, headers)
+
+    def _read(self, stream: str, prev: int) -> tuple[OutboxBatch, bytes, int] | None:
+        cfg = self.config
+        batch = self.outbox.read_batch(stream, after=prev, limit=cfg.batch_records, max_bytes=cfg.batch_bytes,
+                                       sending=True)
+        if batch is None:
+            return None
+        return batch, *self._body(stream, batch)
 
     async def _post(self, b: _Batch) -> None:
         t0 = time.perf_counter()

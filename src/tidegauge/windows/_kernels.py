@@ -9,21 +9,22 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from numba import njit
+
+from tidegauge._jit import lazy_njit
 
 __all__ = ["count_rows", "fold_field"]
 
 logger = logging.getLogger(__name__)
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def count_rows(cell: np.ndarray, rows: np.ndarray) -> None:  # pragma: no cover - compiled
     """``rows[cell[i]] += 1`` for every record."""
     for i in range(cell.size):
         rows[cell[i]] += 1
 
 
-@njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)
 def fold_field(
     cell: np.ndarray,
     ts: np.ndarray,
