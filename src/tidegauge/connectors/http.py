@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +29,10 @@ from typing import Literal
 import msgspec
 import polars as pl
 
+from tidegauge.connectors._records import FieldType, RecordCodec
+from tidegauge.connectors._rfc3339 import parse_rfc3339
 from tidegauge.connectors.base import Guarantee
-from tidegauge.connectors.intake import ACCEPTED, REJECTED, IntakeLog
+from tidegauge.connectors.intake import ACCEPTED, REJECTED, Frame, IntakeLog
 from tidegauge.dataflow.base import ERROR, RAW
 
 __all__ = ["ACCEPTED", "READING_SCHEMA", "REJECTED", "FieldType", "HttpIngestSnapshot", "HttpIngestSource", "IntakeLog"]
@@ -46,9 +49,6 @@ class HttpIngestSnapshot(msgspec.Struct, frozen=True, tag="tidegauge.http-ingest
 
     offset: int
 
-
-FieldType = Literal["str", "float", "int", "bool", "timestamp"]
-"""Type of a field of an ingested record; ``timestamp`` is an RFC 3339 string with a zone, or epoch seconds."""
 
 READING_SCHEMA: dict[str, FieldType] = {
     "sensor_id": "str",
@@ -118,6 +118,8 @@ class HttpIngestSource:
         if max_lag_bytes < 1:
             raise ValueError(f"max_lag_bytes={max_lag_bytes}: must be >= 1")
         self.key, self.time = key, time
+        self.codec = RecordCodec(self.schema, key=key, time=time)
+        """the record Struct the server validates with, and the packed hand-off (:mod:`._records`)"""
         self.durability = durability
         self.max_lag_bytes = max_lag_bytes
         self.name = name
@@ -157,46 +159,87 @@ class HttpIngestSourceLogic:
         # registered in the loop that reads (next_batch): the logic may be built outside any event loop
         self._waiting = False
         self._read_schema = {f: _POLARS[t] for f, t in d.schema.items()}
+        self._timestamp_fields = [f for f, t in d.schema.items() if t == "timestamp"]
 
     async def next_batch(self, max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
         if not self._waiting:
             self.log.add_waiter(self._event)
             self._waiting = True
         if self.log.durable <= self.offset:
+            # clear, then look again: an append in between either is seen here or sets the event
+            # (IntakeLog sets it only when it is clear)
             self._event.clear()
+        if self.log.durable <= self.offset:
             try:
                 await asyncio.wait_for(self._event.wait(), timeout=max(max_delay_s, 0.001))
             except TimeoutError:
                 return pl.DataFrame()
-        frames, self.offset = self.log.read(self.offset, max_rows)
+        frames, self.offset = self.log.read_frames(self.offset, max_rows)
         if not frames:
             return pl.DataFrame()
-        if sum(len(p) for _, p in frames) < _PARSE_IN_THREAD_BYTES:
-            return self._to_frame(frames)
-        # polars parses without the GIL: in a worker thread, the server keeps answering requests on the
-        # event loop meanwhile (on a second core) instead of waiting for the flow's parse
-        return await asyncio.to_thread(self._to_frame, frames)
-
-    def _to_frame(self, frames: list[tuple[int, bytes]]) -> pl.DataFrame:
-        ndjson = [p if p.endswith(b"\n") else p + b"\n" for k, p in frames if k == ACCEPTED]
-        parts: list[pl.DataFrame] = []
-        if ndjson:
-            parts.append(self._parse(b"".join(ndjson)))
-        rejects = [r for k, p in frames if k == REJECTED for r in msgspec.msgpack.decode(p, type=list[tuple[str, str]])]
+        parts = await self._accepted([fr for fr in frames if fr.kind == ACCEPTED])
+        rejects = [r for fr in frames if fr.kind == REJECTED
+                   for r in msgspec.msgpack.decode(fr.payload, type=list[tuple[str, str]])]
         if rejects:
             parts.append(pl.DataFrame({ERROR: [r[0] for r in rejects], RAW: [r[1] for r in rejects]},
                                       schema={ERROR: pl.String, RAW: pl.String}))
+        if not parts:
+            return pl.DataFrame()
         return pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
+
+    async def _accepted(self, frames: list[Frame]) -> list[pl.DataFrame]:
+        """The accepted records of ``frames``, in order: packed ones unpacked, the others parsed."""
+        codec = self.d.codec
+        items: list[tuple[bytes | None, int, bytes]] = []  # (packed, records, NDJSON)
+        for fr in frames:
+            p, n = fr.packed, fr.records or 0
+            if p is None:  # read back from the file (a replay): decoded as the server did, then packed
+                try:
+                    records = codec.decode_lines(fr.payload)
+                except (msgspec.DecodeError, UnicodeDecodeError):
+                    pass  # not the server's records (the edge receiver appends agents' batches unvalidated)
+                else:
+                    p, n = codec.pack(records), len(records)
+            items.append((p, n, fr.payload))
+        parts: list[pl.DataFrame] = []
+        for is_packed, run in itertools.groupby(items, key=lambda it: it[0] is not None):
+            group = list(run)
+            if is_packed:
+                parts.append(self._unpack([p for p, _, _ in group if p is not None], sum(n for _, n, _ in group),
+                                          [d for _, _, d in group]))
+            else:
+                parts.append(await self._parse_ndjson([d for _, _, d in group]))
+        return parts
+
+    def _unpack(self, packed: list[bytes], rows: int, ndjson: list[bytes]) -> pl.DataFrame:
+        df = self.d.codec.frame(packed, rows)
+        if df is None:  # cannot happen with packs of this schema's codec: parse the NDJSON instead
+            logger.warning("http source %s: packed records of another shape; parsing their NDJSON", self.d.name)
+            return self._parse(_joined(ndjson))
+        return df
+
+    async def _parse_ndjson(self, payloads: list[bytes]) -> pl.DataFrame:
+        data = _joined(payloads)
+        if len(data) < _PARSE_IN_THREAD_BYTES:
+            return self._parse(data)
+        # polars parses without the GIL: in a worker thread, the server keeps answering requests on the
+        # event loop meanwhile (on a second core) instead of waiting for the flow's parse
+        return await asyncio.to_thread(self._parse, data)
 
     def _parse(self, data: bytes) -> pl.DataFrame:
         try:
             df = pl.read_ndjson(io.BytesIO(data), schema=self._read_schema)
         except Exception:  # validated by the server: only a disagreement between parsers gets here
             return self._parse_lines(data)
-        for field, type_ in self.d.schema.items():
-            if type_ == "timestamp":
-                df = df.with_columns(_timestamp(pl.col(field)).alias(field))
-        return df
+        stamps = []
+        for field in self._timestamp_fields:
+            # the compiled RFC 3339 reader (10x polars' general one); what it does not take (epoch
+            # seconds, other shapes) goes through the general parser
+            ts, missed = parse_rfc3339(df[field])
+            if missed is not None:
+                ts = df.select(_timestamp(pl.col(field))).to_series().zip_with(missed, ts)
+            stamps.append(ts.alias(field))
+        return df.with_columns(stamps) if stamps else df
 
     def _parse_lines(self, data: bytes) -> pl.DataFrame:
         rows = []
@@ -224,6 +267,10 @@ class HttpIngestSourceLogic:
         if self.d._log is self.log:
             self.d._log = None
         await asyncio.to_thread(self.log.close)
+
+
+def _joined(payloads: list[bytes]) -> bytes:
+    return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in payloads)
 
 
 def _timestamp(col: pl.Expr) -> pl.Expr:

@@ -100,8 +100,10 @@ async def _append(state: ServerState, result: ValidationResult) -> None:
     if state.source is None:
         raise OSError("no http source")
     t0 = time.perf_counter()
+    # the decoded records, packed, go to the flow in memory with the frame: it does not parse them again
+    packed = state.validator.codec.pack(result.records) if result.records else None
     await state.source.open_log().append(result.ndjson, result.accepted,
-                                         [(r.reason, r.payload) for r in result.rejects])
+                                         [(r.reason, r.payload) for r in result.rejects], packed=packed)
     state.metrics.log_append.observe(time.perf_counter() - t0)
     if result.accepted:
         state.metrics.ingested.labels("accepted").inc(result.accepted)
