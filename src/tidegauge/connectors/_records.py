@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from tidegauge.connectors import _unpack
+from tidegauge.connectors import _ndjson, _unpack
 
 __all__ = ["FieldType", "RecordCodec"]
 
@@ -89,6 +89,15 @@ class RecordCodec:
         self._kinds = np.array([_KINDS[schema[name]] for name in order], dtype=np.int64)
         self._arrow = [_ARROW[schema[name]] for name in order]
         self._schema_order = list(schema)
+        # the compiled reader checks what the Struct checks: required fields, string lengths (in characters)
+        self._required = np.array([name in (key, time) for name in order], dtype=np.bool_)
+        self._min_chars = np.array([1 if name == key else 0 for name in order], dtype=np.int64)
+        self._max_chars = np.array([256 if name == key else 4096 if schema[name] == "str" else -1 for name in order],
+                                   dtype=np.int64)
+        # ... only where the Struct's types are the schema's (a key declared other than "str" is a str in the
+        # Struct: such a schema goes through msgspec only)
+        self._scannable = schema.get(key) == "str"
+        self._scratch = np.empty((3, 0), dtype=np.int64)  # the server's validation scans (one thread)
 
     def decode_lines(self, ndjson: bytes) -> list[Any]:
         """Records of an NDJSON body (raises ``msgspec.DecodeError`` / ``msgspec.ValidationError``)."""
@@ -98,15 +107,46 @@ class RecordCodec:
         """``records`` (of :attr:`record`) as msgpack, the form :meth:`frame` reads."""
         return self._pack(records)
 
+    def scan_count(self, body: bytes) -> int | None:
+        """Records of ``body`` if the compiled reader validates all of them (else ``None``: use msgspec).
+
+        For the server, on one thread: the columns go to scratch arrays, reused.
+        """
+        if not self._scannable:
+            return None
+        buf = np.frombuffer(body, dtype=np.uint8)
+        cap = int(_ndjson.count_objects(buf))
+        nf = len(self._fields)
+        if self._scratch.shape[1] < nf * cap:
+            self._scratch = np.empty((3, nf * cap), dtype=np.int64)
+        values = self._scratch[0, :nf * cap].reshape(nf, cap)
+        lengths = self._scratch[1, :nf * cap].reshape(nf, cap)
+        valid = self._scratch[2, :nf * cap].view(np.bool_)[:nf * cap].reshape(nf, cap)
+        n = self._scan(buf, 0, values, valid, lengths)
+        return None if n < 0 else int(n)
+
+    def frame_ndjson(self, payloads: Sequence[bytes]) -> pl.DataFrame | None:
+        """One DataFrame of NDJSON payloads, read by the compiled reader; ``None`` if it does not take one."""
+        if not self._scannable:
+            return None
+        bufs = [np.frombuffer(p, dtype=np.uint8) for p in payloads]
+        cap = sum(int(_ndjson.count_objects(b)) for b in bufs)
+        values, valid, lengths = self._columns(cap)
+        buffers, row = [], 0
+        for buf in bufs:
+            n = self._scan(buf, row, values, valid, lengths)
+            if n < 0:
+                return None
+            buffers.append((buf, row, n))
+            row += n
+        return self._frame(values, valid, lengths, buffers, row)
+
     def frame(self, packed: Sequence[bytes], rows: int) -> pl.DataFrame | None:
         """One DataFrame (columns in schema order) of the packed lists of records, ``rows`` of them in all.
 
         ``None`` if a payload is not what :meth:`pack` makes for this schema (another schema's records).
         """
-        nf = len(self._fields)
-        values = np.empty((nf, rows), dtype=np.int64)
-        valid = np.empty((nf, rows), dtype=np.bool_)
-        lengths = np.zeros((nf, rows), dtype=np.int64)  # calloc: rows of non-string fields cost nothing
+        values, valid, lengths = self._columns(rows)
         buffers, row = [], 0
         for payload in packed:
             buf = np.frombuffer(payload, dtype=np.uint8)
@@ -117,7 +157,22 @@ class RecordCodec:
             row += n
         if row != rows:
             return None
-        columns = [self._column(f, values, valid, lengths, buffers, rows) for f in range(nf)]
+        return self._frame(values, valid, lengths, buffers, rows)
+
+    def _scan(self, buf: np.ndarray, row0: int, values: np.ndarray, valid: np.ndarray, lengths: np.ndarray) -> int:
+        n: int = _ndjson.scan(buf, row0, self._names, self._name_at, self._kinds, self._min_chars, self._max_chars,
+                              self._required, values, valid, lengths)
+        return n
+
+    def _columns(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nf = len(self._fields)
+        # lengths by calloc: the rows of non-string fields are never written, and cost nothing
+        return (np.empty((nf, rows), dtype=np.int64), np.empty((nf, rows), dtype=np.bool_),
+                np.zeros((nf, rows), dtype=np.int64))
+
+    def _frame(self, values: np.ndarray, valid: np.ndarray, lengths: np.ndarray,
+               buffers: list[tuple[np.ndarray, int, int]], rows: int) -> pl.DataFrame:
+        columns = [self._column(f, values, valid, lengths, buffers, rows) for f in range(len(self._fields))]
         df = pl.from_arrow(pa.Table.from_arrays(columns, names=self._fields))
         assert isinstance(df, pl.DataFrame)  # from a Table, always
         return df.select(self._schema_order)
@@ -125,19 +180,19 @@ class RecordCodec:
     def _column(self, f: int, values: np.ndarray, valid: np.ndarray, lengths: np.ndarray,
                 buffers: list[tuple[np.ndarray, int, int]], rows: int) -> pa.Array:
         type_ = self._arrow[f]
-        ok = valid[f]
+        ok = valid[f, :rows]
         nulls = rows - int(np.count_nonzero(ok))
         if nulls == rows:
             return pa.nulls(rows, type_)
         mask = None if not nulls else pa.py_buffer(np.packbits(ok, bitorder="little"))
         kind = self._kinds[f]
         if kind == _unpack.BOOL:
-            return pa.array(values[f].astype(np.bool_), mask=~ok if nulls else None)
+            return pa.array(values[f, :rows].astype(np.bool_), mask=~ok if nulls else None)
         if kind != _unpack.STR:  # int64 slots: float bits, integers or microseconds, as Arrow reads them
-            return pa.Array.from_buffers(type_, rows, [mask, pa.py_buffer(values[f])], null_count=nulls)
+            return pa.Array.from_buffers(type_, rows, [mask, pa.py_buffer(values[f, :rows])], null_count=nulls)
         offsets = np.empty(rows + 1, dtype=np.int64)
         offsets[0] = 0
-        data = np.empty(int(lengths[f].sum()), dtype=np.uint8)
+        data = np.empty(int(lengths[f, :rows].sum()), dtype=np.uint8)
         used = 0
         for buf, row0, n in buffers:
             used = _unpack.gather_strings(buf, values, lengths, valid, f, row0, n, offsets, data, used)

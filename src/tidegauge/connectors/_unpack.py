@@ -27,7 +27,7 @@ STR, FLOAT, INT, BOOL, TIME = 0, 1, 2, 3, 4
 _NIL, _FALSE, _TRUE, _F64 = 0xC0, 0xC2, 0xC3, 0xCB
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _be(buf: np.ndarray, p: int, n: int) -> Any:  # pragma: no cover - compiled
     """The big-endian unsigned integer in ``buf[p:p + n]``."""
     v = np.uint64(0)
@@ -36,7 +36,7 @@ def _be(buf: np.ndarray, p: int, n: int) -> Any:  # pragma: no cover - compiled
     return v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _str_head(buf: np.ndarray, p: int) -> tuple[int, Any]:  # pragma: no cover - compiled
     """(start of the bytes, length) of the msgpack string at ``p``; start -1 if it is not one."""
     h = buf[p]
@@ -51,7 +51,7 @@ def _str_head(buf: np.ndarray, p: int) -> tuple[int, Any]:  # pragma: no cover -
     return -1, np.int64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _int(buf: np.ndarray, p: int) -> tuple[int, Any, bool]:  # pragma: no cover - compiled
     """(position after, value, ok) of the msgpack integer at ``p``; not ok if it is none or beyond int64."""
     h = buf[p]
@@ -120,6 +120,8 @@ def unpack(
     if row0 + count > cap:
         return -1
     size = buf.size
+    as_float = np.empty(1, np.float64)  # reinterpreting bits without an allocation per value
+    as_int = as_float.view(np.int64)
     for row in range(row0, row0 + count):
         if p >= size:
             return -1
@@ -165,7 +167,8 @@ def unpack(
                     if kind == FLOAT:
                         values[f, row] = bits
                         continue
-                    x = np.array([bits]).view(np.float64)[0]
+                    as_int[0] = bits
+                    x = as_float[0]
                 else:  # an integer where a float is expected (msgspec converts them, but be safe)
                     q, iv, ok = _int(buf, p)
                     if not ok:
@@ -173,7 +176,8 @@ def unpack(
                     p = q
                     x = np.float64(iv)
                     if kind == FLOAT:
-                        values[f, row] = np.array([x]).view(np.int64)[0]
+                        as_float[0] = x
+                        values[f, row] = as_int[0]
                         continue
                 # epoch seconds to microseconds, rounded half to even as polars' ``round`` does
                 values[f, row] = np.int64(np.rint(x * 1_000_000.0))

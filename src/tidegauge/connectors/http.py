@@ -188,35 +188,39 @@ class HttpIngestSourceLogic:
         return pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
 
     async def _accepted(self, frames: list[Frame]) -> list[pl.DataFrame]:
-        """The accepted records of ``frames``, in order: packed ones unpacked, the others parsed."""
+        """The accepted records of ``frames``, in order, as DataFrames.
+
+        Frames the server packed (records msgspec validated) are unpacked; the others, read by the
+        compiled NDJSON reader the server validated them with; what neither takes, by :meth:`_slow`.
+        """
         codec = self.d.codec
-        items: list[tuple[bytes | None, int, bytes]] = []  # (packed, records, NDJSON)
-        for fr in frames:
-            p, n = fr.packed, fr.records or 0
-            if p is None:  # read back from the file (a replay): decoded as the server did, then packed
-                try:
-                    records = codec.decode_lines(fr.payload)
-                except (msgspec.DecodeError, UnicodeDecodeError):
-                    pass  # not the server's records (the edge receiver appends agents' batches unvalidated)
-                else:
-                    p, n = codec.pack(records), len(records)
-            items.append((p, n, fr.payload))
         parts: list[pl.DataFrame] = []
-        for is_packed, run in itertools.groupby(items, key=lambda it: it[0] is not None):
+        for is_packed, run in itertools.groupby(frames, key=lambda fr: fr.packed is not None):
             group = list(run)
             if is_packed:
-                parts.append(self._unpack([p for p, _, _ in group if p is not None], sum(n for _, n, _ in group),
-                                          [d for _, _, d in group]))
+                df = codec.frame([fr.packed for fr in group if fr.packed is not None],
+                                 sum(fr.records or 0 for fr in group))
             else:
-                parts.append(await self._parse_ndjson([d for _, _, d in group]))
+                df = codec.frame_ndjson([fr.payload for fr in group])
+            parts.append(df if df is not None else await self._slow([fr.payload for fr in group]))
         return parts
 
-    def _unpack(self, packed: list[bytes], rows: int, ndjson: list[bytes]) -> pl.DataFrame:
-        df = self.d.codec.frame(packed, rows)
-        if df is None:  # cannot happen with packs of this schema's codec: parse the NDJSON instead
-            logger.warning("http source %s: packed records of another shape; parsing their NDJSON", self.d.name)
-            return self._parse(_joined(ndjson))
-        return df
+    async def _slow(self, payloads: list[bytes]) -> pl.DataFrame:
+        """Payloads one by one: the compiled reader, else msgspec as the server decodes (so that a replay
+        gives what the server packed), else polars (records appended unvalidated, by the edge receiver)."""
+        codec = self.d.codec
+        parts: list[pl.DataFrame] = []
+        for payload in payloads:
+            df = codec.frame_ndjson([payload])
+            if df is None:
+                try:
+                    records = codec.decode_lines(payload)
+                except (msgspec.DecodeError, UnicodeDecodeError):
+                    pass
+                else:
+                    df = codec.frame([codec.pack(records)], len(records))
+            parts.append(df if df is not None else await self._parse_ndjson([payload]))
+        return pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
 
     async def _parse_ndjson(self, payloads: list[bytes]) -> pl.DataFrame:
         data = _joined(payloads)

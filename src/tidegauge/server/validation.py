@@ -1,8 +1,10 @@
 """Validating ingest bodies record by record, with a msgspec Struct generated from the source's schema.
 
-A body is NDJSON (one reading per line) or JSON (an array of readings, or one reading). The whole body is
-first decoded in one msgspec call (the fast path, in C); only if that fails, or if the caller may write
-only some sensors, is each record decoded on its own to find which ones are bad and why. Every rejected
+A body is NDJSON (one reading per line) or JSON (an array of readings, or one reading). An NDJSON body is
+first read by the compiled reader of :mod:`tidegauge.connectors._ndjson` (flat records of plain values:
+the usual case), which checks the same rules as msgspec without the GIL; anything it does not take is
+decoded in one msgspec call (in C); only if that fails, or if the caller may write only some sensors,
+is each record decoded on its own to find which ones are bad and why. Every rejected
 record keeps its index (0-based, among the non-blank lines or array elements) and its original text.
 
 Reasons start with a stable class, before the first ``:`` (what the metrics count by):
@@ -81,6 +83,11 @@ class RecordValidator:
 
     def _validate_lines(self, body: bytes, sensors: frozenset[str] | None) -> ValidationResult:
         if sensors is None:
+            # the compiled reader first: plain records validated without the GIL and without a Python
+            # object per value (the flow reads them with it again); anything else goes to msgspec
+            n = self.codec.scan_count(body)
+            if n is not None:
+                return ValidationResult(body, n)
             try:
                 records = self._one.decode_lines(body)
             except (msgspec.DecodeError, UnicodeDecodeError):
