@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from tidegauge.connectors import _ndjson, _unpack
 
-__all__ = ["FieldType", "RecordCodec"]
+__all__ = ["Columns", "FieldType", "RecordCodec"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,24 @@ _TYPES: dict[str, Any] = {
 _KEY = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _KINDS = {"str": _unpack.STR, "float": _unpack.FLOAT, "int": _unpack.INT, "bool": _unpack.BOOL,
           "timestamp": _unpack.TIME}
-_ARROW: dict[str, pa.DataType] = {"str": pa.large_string(), "float": pa.float64(), "int": pa.int64(),
-                                  "bool": pa.bool_(), "timestamp": pa.timestamp("us", "UTC")}
+_POLARS: dict[str, pl.DataType] = {"str": pl.String(), "float": pl.Float64(), "int": pl.Int64(),
+                                   "bool": pl.Boolean(), "timestamp": pl.Datetime("us", "UTC")}
+_STRING_VIEW = getattr(pa, "string_view", lambda: None)()  # pyarrow >= 16
+
+
+class Columns(NamedTuple):
+    """Records read by :meth:`RecordCodec.scan`: field-by-row slots (see :func:`._unpack.unpack`) of ``buf``."""
+
+    values: np.ndarray
+    valid: np.ndarray
+    lengths: np.ndarray
+    rows: int
+    buf: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held besides the body (what the intake log's in-memory queue counts)."""
+        return int(self.values.nbytes + self.valid.nbytes + self.lengths.nbytes)
 
 
 class RecordCodec:
@@ -87,7 +103,7 @@ class RecordCodec:
         self._names = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         self._name_at = np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64)
         self._kinds = np.array([_KINDS[schema[name]] for name in order], dtype=np.int64)
-        self._arrow = [_ARROW[schema[name]] for name in order]
+        self._polars = [_POLARS[schema[name]] for name in order]
         self._schema_order = list(schema)
         # the compiled reader checks what the Struct checks: required fields, string lengths (in characters)
         self._required = np.array([name in (key, time) for name in order], dtype=np.bool_)
@@ -97,7 +113,6 @@ class RecordCodec:
         # ... only where the Struct's types are the schema's (a key declared other than "str" is a str in the
         # Struct: such a schema goes through msgspec only)
         self._scannable = schema.get(key) == "str"
-        self._scratch = np.empty((3, 0), dtype=np.int64)  # the server's validation scans (one thread)
 
     def decode_lines(self, ndjson: bytes) -> list[Any]:
         """Records of an NDJSON body (raises ``msgspec.DecodeError`` / ``msgspec.ValidationError``)."""
@@ -107,23 +122,29 @@ class RecordCodec:
         """``records`` (of :attr:`record`) as msgpack, the form :meth:`frame` reads."""
         return self._pack(records)
 
-    def scan_count(self, body: bytes) -> int | None:
-        """Records of ``body`` if the compiled reader validates all of them (else ``None``: use msgspec).
-
-        For the server, on one thread: the columns go to scratch arrays, reused.
-        """
+    def scan(self, body: bytes) -> Columns | None:
+        """The records of ``body`` as columns, if the compiled reader validates all of them (else ``None``:
+        use msgspec, which gives the reason of a bad record)."""
         if not self._scannable:
             return None
         buf = np.frombuffer(body, dtype=np.uint8)
-        cap = int(_ndjson.count_objects(buf))
-        nf = len(self._fields)
-        if self._scratch.shape[1] < nf * cap:
-            self._scratch = np.empty((3, nf * cap), dtype=np.int64)
-        values = self._scratch[0, :nf * cap].reshape(nf, cap)
-        lengths = self._scratch[1, :nf * cap].reshape(nf, cap)
-        valid = self._scratch[2, :nf * cap].view(np.bool_)[:nf * cap].reshape(nf, cap)
+        values, valid, lengths = self._columns(int(_ndjson.count_objects(buf)))
         n = self._scan(buf, 0, values, valid, lengths)
-        return None if n < 0 else int(n)
+        return None if n < 0 else Columns(values, valid, lengths, int(n), buf)
+
+    def frame_columns(self, parts: Sequence[Columns]) -> pl.DataFrame:
+        """One DataFrame (columns in schema order) of :meth:`scan` results."""
+        if len(parts) == 1:
+            c = parts[0]
+            return self._frame(c.values, c.valid, c.lengths, [(c.buf, 0, c.rows)], c.rows)
+        values = np.concatenate([c.values[:, :c.rows] for c in parts], axis=1)
+        valid = np.concatenate([c.valid[:, :c.rows] for c in parts], axis=1)
+        lengths = np.concatenate([c.lengths[:, :c.rows] for c in parts], axis=1)
+        buffers, row = [], 0
+        for c in parts:
+            buffers.append((c.buf, row, c.rows))
+            row += c.rows
+        return self._frame(values, valid, lengths, buffers, row)
 
     def frame_ndjson(self, payloads: Sequence[bytes]) -> pl.DataFrame | None:
         """One DataFrame of NDJSON payloads, read by the compiled reader; ``None`` if it does not take one."""
@@ -172,29 +193,38 @@ class RecordCodec:
 
     def _frame(self, values: np.ndarray, valid: np.ndarray, lengths: np.ndarray,
                buffers: list[tuple[np.ndarray, int, int]], rows: int) -> pl.DataFrame:
-        columns = [self._column(f, values, valid, lengths, buffers, rows) for f in range(len(self._fields))]
-        df = pl.from_arrow(pa.Table.from_arrays(columns, names=self._fields))
-        assert isinstance(df, pl.DataFrame)  # from a Table, always
-        return df.select(self._schema_order)
+        columns = {name: self._column(f, values, valid, lengths, buffers, rows) for f, name in enumerate(self._fields)}
+        return pl.DataFrame([columns[name] for name in self._schema_order])
 
     def _column(self, f: int, values: np.ndarray, valid: np.ndarray, lengths: np.ndarray,
-                buffers: list[tuple[np.ndarray, int, int]], rows: int) -> pa.Array:
-        type_ = self._arrow[f]
+                buffers: list[tuple[np.ndarray, int, int]], rows: int) -> pl.Series:
+        name, dtype = self._fields[f], self._polars[f]
         ok = valid[f, :rows]
         nulls = rows - int(np.count_nonzero(ok))
         if nulls == rows:
-            return pa.nulls(rows, type_)
-        mask = None if not nulls else pa.py_buffer(np.packbits(ok, bitorder="little"))
+            return pl.repeat(None, rows, dtype=dtype, eager=True).alias(name)
         kind = self._kinds[f]
-        if kind == _unpack.BOOL:
-            return pa.array(values[f, :rows].astype(np.bool_), mask=~ok if nulls else None)
-        if kind != _unpack.STR:  # int64 slots: float bits, integers or microseconds, as Arrow reads them
-            return pa.Array.from_buffers(type_, rows, [mask, pa.py_buffer(values[f, :rows])], null_count=nulls)
+        if kind != _unpack.STR:  # int64 slots: float bits, integers, 0/1 or microseconds
+            slots = values[f, :rows]
+            if kind == _unpack.FLOAT:
+                series = pl.Series(name, slots.view(np.float64))
+            elif kind == _unpack.BOOL:
+                series = pl.Series(name, slots.astype(np.bool_))
+            else:
+                series = pl.Series(name, slots).cast(dtype)  # Int64, or microseconds to Datetime (no copy)
+            return series if not nulls else series.scatter(np.flatnonzero(~ok), None)
         offsets = np.empty(rows + 1, dtype=np.int64)
         offsets[0] = 0
         data = np.empty(int(lengths[f, :rows].sum()), dtype=np.uint8)
         used = 0
         for buf, row0, n in buffers:
             used = _unpack.gather_strings(buf, values, lengths, valid, f, row0, n, offsets, data, used)
-        return pa.Array.from_buffers(type_, rows, [mask, pa.py_buffer(offsets), pa.py_buffer(data)],
-                                     null_count=nulls)
+        mask = None if not nulls else pa.py_buffer(np.packbits(ok, bitorder="little"))
+        array = pa.Array.from_buffers(pa.large_string(), rows, [mask, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                      null_count=nulls)
+        if _STRING_VIEW is not None:
+            # polars keeps strings as views: Arrow makes them about 3x faster than polars converts them
+            array = array.cast(_STRING_VIEW)
+        series = pl.Series(name, array)
+        assert isinstance(series, pl.Series)
+        return series

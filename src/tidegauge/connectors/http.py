@@ -29,7 +29,7 @@ from typing import Literal
 import msgspec
 import polars as pl
 
-from tidegauge.connectors._records import FieldType, RecordCodec
+from tidegauge.connectors._records import Columns, FieldType, RecordCodec
 from tidegauge.connectors._rfc3339 import parse_rfc3339
 from tidegauge.connectors.base import Guarantee
 from tidegauge.connectors.intake import ACCEPTED, REJECTED, Frame, IntakeLog
@@ -190,15 +190,19 @@ class HttpIngestSourceLogic:
     async def _accepted(self, frames: list[Frame]) -> list[pl.DataFrame]:
         """The accepted records of ``frames``, in order, as DataFrames.
 
-        Frames the server packed (records msgspec validated) are unpacked; the others, read by the
-        compiled NDJSON reader the server validated them with; what neither takes, by :meth:`_slow`.
+        The server hands over, with each frame, the columns of the compiled NDJSON reader it validated the
+        records with, or msgspec's records packed (:mod:`tidegauge.connectors._records`); a frame read
+        back from the file is read by the compiled reader again; what it does not take, by :meth:`_slow`.
         """
         codec = self.d.codec
         parts: list[pl.DataFrame] = []
-        for is_packed, run in itertools.groupby(frames, key=lambda fr: fr.packed is not None):
+        for form, run in itertools.groupby(frames, key=lambda fr: type(fr.decoded)):
             group = list(run)
-            if is_packed:
-                df = codec.frame([fr.packed for fr in group if fr.packed is not None],
+            df: pl.DataFrame | None
+            if form is Columns:
+                df = codec.frame_columns([fr.decoded for fr in group if isinstance(fr.decoded, Columns)])
+            elif form is bytes:
+                df = codec.frame([fr.decoded for fr in group if isinstance(fr.decoded, bytes)],
                                  sum(fr.records or 0 for fr in group))
             else:
                 df = codec.frame_ndjson([fr.payload for fr in group])

@@ -22,11 +22,11 @@ Hand-off in memory
 ------------------
 The reader (the flow) does not read back what the server has just written: each append also keeps its
 frames (the same ``bytes`` objects, with their offsets, record counts and, if the appender gave one, a
-``packed`` form of the records that is never written) in a bounded in-memory queue, and
+``decoded`` form of the records that is never written) in a bounded in-memory queue, and
 :meth:`IntakeLog.read_frames` takes them from there once they are durable. The file is read only when
 the queue does not start at the reader's position: a replay after a restart, a reader that fell more
 than ``cache_bytes`` behind, or a second reader. Both paths hand out the same payloads; the HTTP source
-turns a payload read from the file into the same packed form (:mod:`tidegauge.connectors._records`), so
+decodes a payload read from the file the way the server did (:mod:`tidegauge.connectors._records`), so
 what the flow sees does not depend on which path served it.
 """
 
@@ -74,8 +74,8 @@ class Frame(NamedTuple):
     payload: bytes
     records: int | None
     """records in the frame; ``None`` when read from the file (not counted)"""
-    packed: bytes | None
-    """the appender's ``packed`` form of the accepted records (only from memory, never written)"""
+    decoded: object | None
+    """the appender's ``decoded`` form of the accepted records (only from memory, never written)"""
 
 
 class IntakeLog:
@@ -164,17 +164,18 @@ class IntakeLog:
 
     # -- appending ---------------------------------------------------------------------------------
     async def append(self, accepted: bytes, n_accepted: int, rejects: list[tuple[str, str]], *,
-                     packed: bytes | None = None) -> int:
+                     decoded: object | None = None) -> int:
         """Append one request (NDJSON of accepted records, rejects as ``(reason, payload)``); durable on return.
 
-        ``packed``, if given, is another form of the accepted records that the reader takes instead of
-        parsing the NDJSON, as long as it reads from memory (see *Hand-off in memory*); it is not written.
+        ``decoded``, if given, is another form of the accepted records that the reader takes instead of
+        parsing the NDJSON, as long as it reads from memory (see *Hand-off in memory*); it is not written,
+        and counts in ``cache_bytes`` by its ``len()`` (bytes) or its ``nbytes``.
         Returns the log offset after the request. Raises ``OSError`` if it could not be written (nothing
         of it is then in the log).
         """
         frames: list[Frame] = []
         if n_accepted:
-            frames.append(Frame(ACCEPTED, accepted, n_accepted, packed))
+            frames.append(Frame(ACCEPTED, accepted, n_accepted, decoded))
         if rejects:
             frames.append(Frame(REJECTED, msgspec.msgpack.encode(rejects), len(rejects), None))
         if not frames:
@@ -372,7 +373,8 @@ class IntakeLog:
 
 def _held(fr: Frame) -> int:
     """Bytes an in-memory frame holds (what ``cache_bytes`` bounds)."""
-    return len(fr.payload) + (len(fr.packed) if fr.packed is not None else 0)
+    d = fr.decoded
+    return len(fr.payload) + (len(d) if isinstance(d, bytes) else int(getattr(d, "nbytes", 0)))
 
 
 def _frame(kind: int, payload: bytes) -> list[bytes]:

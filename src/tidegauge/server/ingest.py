@@ -100,10 +100,13 @@ async def _append(state: ServerState, result: ValidationResult) -> None:
     if state.source is None:
         raise OSError("no http source")
     t0 = time.perf_counter()
-    # the decoded records, packed, go to the flow in memory with the frame: it does not parse them again
-    packed = state.validator.codec.pack(result.records) if result.records else None
+    # the validated records go to the flow in memory with the frame (the compiled reader's columns, or
+    # msgspec's records packed): the flow does not parse them again
+    decoded: object | None = result.columns
+    if decoded is None and result.records:
+        decoded = state.validator.codec.pack(result.records)
     await state.source.open_log().append(result.ndjson, result.accepted,
-                                         [(r.reason, r.payload) for r in result.rejects], packed=packed)
+                                         [(r.reason, r.payload) for r in result.rejects], decoded=decoded)
     state.metrics.log_append.observe(time.perf_counter() - t0)
     if result.accepted:
         state.metrics.ingested.labels("accepted").inc(result.accepted)

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from tidegauge.connectors._records import RecordCodec
+from tidegauge.connectors._records import Columns, RecordCodec
 from tidegauge.connectors.http import FieldType
 
 __all__ = ["RecordValidator", "Reject", "ValidationResult"]
@@ -38,13 +38,16 @@ class Reject:
 
 @dataclass
 class ValidationResult:
-    """Accepted records as NDJSON (``ndjson``, ``accepted`` of them, and as decoded: ``records``), the rejects."""
+    """Accepted records as NDJSON (``ndjson``, ``accepted`` of them, and decoded: ``records`` or ``columns``),
+    and the rejects."""
 
     ndjson: bytes = b""
     accepted: int = 0
     rejects: list[Reject] = field(default_factory=list)
     sensors: list[str] | None = None
     records: list[Any] = field(default_factory=list)
+    columns: Columns | None = None
+    """the compiled reader's columns, when it validated the body (then ``records`` is empty)"""
 
 
 class RecordValidator:
@@ -85,9 +88,9 @@ class RecordValidator:
         if sensors is None:
             # the compiled reader first: plain records validated without the GIL and without a Python
             # object per value (the flow reads them with it again); anything else goes to msgspec
-            n = self.codec.scan_count(body)
-            if n is not None:
-                return ValidationResult(body, n)
+            columns = self.codec.scan(body)
+            if columns is not None:
+                return ValidationResult(body, columns.rows, columns=columns)
             try:
                 records = self._one.decode_lines(body)
             except (msgspec.DecodeError, UnicodeDecodeError):
