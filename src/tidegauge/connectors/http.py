@@ -14,6 +14,17 @@ only written to the operating system (survives a process crash, not a power loss
 
 The log's format and its fsync policy (fsync group-committed across requests) are described
 in :mod:`tidegauge.connectors.intake`.
+
+Hand-off
+--------
+Records are parsed once in the steady state. The server validates a request with the compiled NDJSON
+reader of :mod:`tidegauge.connectors._ndjson` (plain records, without the GIL) or, for anything else, with
+msgspec, and appends to the log, besides the NDJSON it writes, the records in that decoded form (the
+reader's columns, or msgspec's records packed): the source takes them from memory and only builds the
+DataFrame (:mod:`tidegauge.connectors._records`). Frames read back from the file (a replay after a
+restart, a flow that fell far behind) are decoded again the same way (the compiled reader, else msgspec
+with the server's Struct), so a replay yields exactly the records the live flow got. Only payloads neither
+takes (the edge receiver appends agents' batches unvalidated) are parsed by polars.
 """
 
 from __future__ import annotations
@@ -40,8 +51,8 @@ __all__ = ["ACCEPTED", "READING_SCHEMA", "REJECTED", "FieldType", "HttpIngestSna
 logger = logging.getLogger(__name__)
 
 _PARSE_IN_THREAD_BYTES = 32 * 1024
-"""Batches at least this big are parsed in a worker thread: below it, the hop (tens of microseconds) costs
-more than it saves and adds latency at low rates."""
+"""NDJSON that only polars parses (see *Hand-off*) is parsed in a worker thread from this size: below it,
+the hop (tens of microseconds) costs more than it saves and adds latency at low rates."""
 
 
 class HttpIngestSnapshot(msgspec.Struct, frozen=True, tag="tidegauge.http-ingest.v1"):

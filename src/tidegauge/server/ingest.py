@@ -2,10 +2,11 @@
 
 Order of checks for a request, cheapest first: token (401/403), rate limit per token (429 +
 ``Retry-After``), declared size (413), pipeline saturated (503 + ``Retry-After``), body read with the size
-limit (413), then every record validated. Accepted records *and* rejected ones (with reason and payload)
-are appended to the intake log; the answer is sent only once that append is durable, so an accepted record
-is never lost after the 2xx (see :mod:`tidegauge.connectors.http`), and each reject reaches the flow's
-dead-letter output (the dead-letter count equals the count of rejects).
+limit (413), then every record validated (:mod:`tidegauge.server.validation`). Accepted records *and*
+rejected ones (with reason and payload) are appended to the intake log, the accepted ones also in their
+decoded form for the flow to take in memory (see :mod:`tidegauge.connectors.http`, *Hand-off*); the
+answer is sent only once that append is durable, so an accepted record is never lost after the 2xx, and
+each reject reaches the flow's dead-letter output (the dead-letter count equals the count of rejects).
 
 Answer: ``{"accepted": n, "rejected": [{"index": i, "reason": "..."}]}``; status 200, or 400 when the
 body held records and every one was rejected.
