@@ -4,14 +4,17 @@ The server must validate every record exactly as msgspec does (:mod:`tidegauge.c
 msgspec, creating a Python object per value, costs about 0.3 us a record on the GIL. Sensor readings are
 nearly always flat objects of plain strings, numbers and timestamps: for those, :func:`scan` checks the
 same rules (JSON syntax, UTF-8, field types, lengths, ranges, required fields) without the GIL and writes
-the values straight into columns, the form :func:`tidegauge.connectors._records.RecordCodec.columns`
+the values straight into columns, the form :meth:`tidegauge.connectors._records.RecordCodec.frame_columns`
 turns into a DataFrame. Anything outside that subset makes it give up (-1) and the caller uses msgspec,
 which gives the precise reason if a record is bad. So :func:`scan` never accepts a body msgspec would
 reject, and the values it writes are the ones msgspec would decode: the subset is kept to what can be
-read exactly (no escapes in strings, no nested values, numbers that convert exactly: at most 15
-significant digits and a decimal exponent within +-22, Clinger's fast path).
+read exactly (no escapes in strings, no nested values in unknown fields, no repeated keys, numbers that
+convert exactly: a significand up to 2^53 and a decimal exponent within +-22, Clinger's fast path).
+``tests/connectors/test_http_records.py`` checks that against msgspec with Hypothesis, value for value.
 
 Like msgspec's ``decode_lines``, a body is a sequence of JSON objects separated by whitespace (newlines).
+The hot loop is written out in one function on purpose: with numba here, a call that passes an array
+costs 10-20 ns (reference counting), more than reading a whole value.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ __all__ = ["POW10", "count_objects", "scan"]
 logger = logging.getLogger(__name__)
 
 POW10 = np.array([10.0**k for k in range(23)])
-"""Exact doubles 10^0 ... 10^22, the powers Clinger's fast path multiplies or divides by (pass to :func:`scan`)."""
+"""Exact doubles 10^0 ... 10^22, the powers Clinger's fast path multiplies or divides by."""
 _EXACT = 1 << 53  # integers up to 2^53 are exact doubles
 _POSITIONS = 64  # key positions in a record whose field is remembered (see scan); later ones share the last
 _EPOCH_LIMIT = 1e11  # epoch seconds accepted for a time field (the Struct's Meta(ge=-1e11, le=1e11))

@@ -1,13 +1,16 @@
 """Typed ingest records: the msgspec Struct of an HTTP source's schema, and its hand-off to the flow as columns.
 
-The server validates each request by decoding it into :attr:`RecordCodec.record` (msgspec, in C). The
-accepted records then reach the flow without being parsed again: :meth:`RecordCodec.pack` encodes them
-as msgpack (msgspec, about a third of the decode's cost), the intake log keeps that next to the NDJSON it
-writes (:mod:`tidegauge.connectors.intake`, in memory only), and :meth:`RecordCodec.frame` turns the
-packed records of a whole batch into a polars DataFrame in one compiled pass
-(:mod:`tidegauge.connectors._unpack`): floats are copied bit for bit, times are already microseconds.
-On replay (the frames read back from the file) the NDJSON is decoded by the same Struct and packed the
-same way, so the flow sees exactly the same values either way.
+The server validates each request as :attr:`RecordCodec.record` (msgspec) says. Plain NDJSON records
+(the usual case) are validated by the compiled reader of :mod:`tidegauge.connectors._ndjson` instead,
+which applies the same rules without the GIL and writes the values into columns (:meth:`RecordCodec.scan`);
+anything else is decoded by msgspec and :meth:`RecordCodec.pack` encodes the accepted records as msgpack
+(msgspec, about a third of the decode's cost). The intake log keeps either form in memory next to the
+NDJSON it writes (:mod:`tidegauge.connectors.intake`), and the flow turns it into a polars DataFrame:
+:meth:`RecordCodec.frame_columns`, or :meth:`RecordCodec.frame` for packed records (one compiled pass,
+:mod:`tidegauge.connectors._unpack`: floats copied bit for bit, times already microseconds). So the flow
+does not parse the records again. Frames read back from the file (a replay) are read by the compiled
+reader again (:meth:`RecordCodec.frame_ndjson`), else decoded by the same Struct and packed, so a replay
+gives exactly the values the live flow got.
 
 Constraints of the Struct (what the server rejects as ``invalid``): strings at most 4,096 characters, the
 key 1-256; floats finite and within float64; ints within int64; the time an RFC 3339 timestamp with a

@@ -61,9 +61,10 @@ _SEGMENT_BYTES = 64 * 1024 * 1024
 a checkpoint (only whole segments are deleted)."""
 _IOV_MAX = 512  # buffers per writev call: below Linux's IOV_MAX of 1024, with room for the headers
 _CACHE_BYTES = 64 * 1024 * 1024
-"""Bytes of recent frames kept in memory for the reader: four times the server's default backpressure
-limit (``max_lag_bytes``, 16 MiB), so that a flow the server still accepts records for reads them all
-from memory; the oldest beyond it are dropped (and read from the file when needed)."""
+"""Bytes of recent frames (payloads and decoded forms) kept in memory for the reader: above what the
+server's default backpressure limit lets pile up (``max_lag_bytes``, 16 MiB of log: about 40 MiB with the
+HTTP source's decoded columns), so that a flow the server still accepts records for reads them all from
+memory; the oldest beyond it are dropped (and read from the file when needed)."""
 
 
 class Frame(NamedTuple):
