@@ -49,7 +49,7 @@ def count_objects(buf: np.ndarray) -> Any:  # pragma: no cover - compiled
     return n
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _string(buf: np.ndarray, p: int, end: int) -> tuple[int, Any]:  # pragma: no cover - compiled
     """At an opening quote: (position after the closing quote, characters), or (-1, 0) if it is not a
     plain string (an escape, a control character or bad UTF-8: left to msgspec)."""
@@ -94,7 +94,7 @@ def _string(buf: np.ndarray, p: int, end: int) -> tuple[int, Any]:  # pragma: no
     return -1, 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _exact_float(integer: bool, neg: bool, m: Any, exp: int) -> tuple[bool, float]:  # pragma: no cover - compiled
     """The double msgspec decodes for this number, if it can be had exactly (Clinger's fast path)."""
     if m > np.uint64(_EXACT) or exp < -22 or exp > 22:

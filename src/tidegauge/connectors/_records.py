@@ -118,6 +118,16 @@ class RecordCodec:
         self._scannable = schema.get(key) == "str"
         self._nulls: dict[int, pl.Series] = {}  # field -> an all-null column, sliced for batches (immutable)
 
+    def warm_up(self) -> None:
+        """Compile the readers now (numba; seconds when its on-disk cache is cold) rather than at the first
+        request, where it would hold up the server's event loop."""
+        time_value = '"2026-01-01T00:00:00Z"' if self.schema[self.time] == "timestamp" else "0"
+        body = f'{{"{self.key}":"w","{self.time}":{time_value}}}\n'.encode()
+        columns = self.scan(body)
+        if columns is not None:
+            self.frame_columns([columns])
+        self.frame([self.pack(self.decode_lines(body))], 1)
+
     def decode_lines(self, ndjson: bytes) -> list[Any]:
         """Records of an NDJSON body (raises ``msgspec.DecodeError`` / ``msgspec.ValidationError``)."""
         return self._lines.decode_lines(ndjson)

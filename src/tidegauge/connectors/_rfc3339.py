@@ -54,7 +54,7 @@ def parse_rfc3339(column: pl.Series) -> tuple[pl.Series, pl.Series | None]:
     return ts.scatter(np.flatnonzero(bad), None), pl.Series(column.name, bad)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _digits(data: np.ndarray, at: int, count: int) -> int:  # pragma: no cover - compiled
     """The decimal number in ``data[at:at + count]``, or -1 if a byte is not a digit."""
     value = 0
@@ -66,7 +66,7 @@ def _digits(data: np.ndarray, at: int, count: int) -> int:  # pragma: no cover -
     return value
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _days_from_civil(y: int, m: int, d: int) -> int:  # pragma: no cover - compiled
     """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's ``days_from_civil``)."""
     y -= m <= 2
@@ -77,7 +77,7 @@ def _days_from_civil(y: int, m: int, d: int) -> int:  # pragma: no cover - compi
     return era * 146097 + doe - 719468
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def parse_at(data: np.ndarray, a: int, end: int) -> tuple[bool, Any]:  # pragma: no cover - compiled
     """(ok, microseconds since the epoch) of the timestamp in ``data[a:end]``.
 

@@ -27,7 +27,7 @@ STR, FLOAT, INT, BOOL, TIME = 0, 1, 2, 3, 4
 _NIL, _FALSE, _TRUE, _F64 = 0xC0, 0xC2, 0xC3, 0xCB
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _be(buf: np.ndarray, p: int, n: int) -> Any:  # pragma: no cover - compiled
     """The big-endian unsigned integer in ``buf[p:p + n]``."""
     v = np.uint64(0)
@@ -36,7 +36,7 @@ def _be(buf: np.ndarray, p: int, n: int) -> Any:  # pragma: no cover - compiled
     return v
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _str_head(buf: np.ndarray, p: int) -> tuple[int, Any]:  # pragma: no cover - compiled
     """(start of the bytes, length) of the msgpack string at ``p``; start -1 if it is not one."""
     h = buf[p]
@@ -51,7 +51,7 @@ def _str_head(buf: np.ndarray, p: int) -> tuple[int, Any]:  # pragma: no cover -
     return -1, np.int64(0)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _int(buf: np.ndarray, p: int) -> tuple[int, Any, bool]:  # pragma: no cover - compiled
     """(position after, value, ok) of the msgpack integer at ``p``; not ok if it is none or beyond int64."""
     h = buf[p]
