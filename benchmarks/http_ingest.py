@@ -3,14 +3,16 @@
 Throughput: batches of 1,000 readings POSTed by aiohttp over ``--conc`` keep-alive connections for
 ``--duration`` s, against (a) the plain consumer of ``/work/shared/bench/ingest/app.py`` (decode only) and
 (b) ``tidegauge serve`` with validation, bearer auth, the durable intake log and the flow (http source ->
-z-score detector -> sink). Reported as readings/s and the ratio b/a.
+z-score detector -> sink). Reported as readings/s and the ratio b/a, and as the server's CPU seconds per
+million readings (all its threads, over the measured window; ``cpu_ratio`` = b/a): on a shared machine the
+throughput of each moves with the other processes' load, its CPU per reading much less.
 
 Latency: readings posted at ``--rate`` readings/s (batches of 100, each reading stamped with its send time
 ``sent_at``); the flow's sink records ``now - sent_at`` per detector output row: post to detector output.
 
 usage: python benchmarks/http_ingest.py [--duration 10] [--conc 8] [--rate 10000] [--durability fsync]
 [--flow thread|loop]
-Internal modes: ``--serve PORT DIR DURABILITY`` (the tidegauge server), ``--load URL BATCH SECONDS CONC``.
+Internal modes: ``--serve PORT DIR DURABILITY`` (the tidegauge server), ``--load URL BATCH SECONDS CONC [PID]``.
 """
 
 from __future__ import annotations
@@ -72,8 +74,12 @@ def serve_main(port: int, tmp: Path, durability: str, result_file: Path, flow_mo
 
 
 # -- load generation -----------------------------------------------------------------------------
-async def _load(url: str, bodies: list[bytes], seconds: float, conc: int, batch: int) -> dict[str, float]:
+async def _load(url: str, bodies: list[bytes], seconds: float, conc: int, batch: int,
+                server_pid: int | None = None) -> dict[str, float]:
     import aiohttp
+    import psutil  # type: ignore[import-untyped]
+
+    server = psutil.Process(server_pid) if server_pid else None
 
     hdrs = {"content-type": "application/x-ndjson", "authorization": f"Bearer {TOKEN}"}
     st = {"ok": 0, "err": 0, "503": 0}
@@ -94,10 +100,16 @@ async def _load(url: str, bodies: list[bytes], seconds: float, conc: int, batch:
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as session:
         await asyncio.gather(*(worker(session, k, time.monotonic() + 2, False) for k in range(conc)))  # warm-up
+        # the server's CPU (all its threads) over the measured window: per reading, the figure that stays
+        # put when other processes on the machine take cores away (throughput does not)
+        c0 = sum(server.cpu_times()[:2]) if server else 0.0
         t0 = time.monotonic()
         await asyncio.gather(*(worker(session, k, t0 + seconds, True) for k in range(conc)))
         el = time.monotonic() - t0
-    return {"readings_per_s": st["ok"] * batch / el, "ok": st["ok"], "err": st["err"], "overloaded": st["503"]}
+        cpu = sum(server.cpu_times()[:2]) - c0 if server else float("nan")
+    readings = st["ok"] * batch
+    return {"readings_per_s": readings / el, "ok": st["ok"], "err": st["err"], "overloaded": st["503"],
+            "server_cpu_s_per_M": cpu / readings * 1e6 if readings else float("nan")}
 
 
 async def _paced(url: str, rate: int, seconds: float, batch: int = 100) -> dict[str, int]:
@@ -132,11 +144,11 @@ async def _paced(url: str, rate: int, seconds: float, batch: int = 100) -> dict[
     return {"sent": sent, "bad_status": bad}
 
 
-def load_main(url: str, batch: int, seconds: float, conc: int) -> None:
+def load_main(url: str, batch: int, seconds: float, conc: int, server_pid: int | None = None) -> None:
     import uvloop
 
     bodies = _reading_bodies(32, batch)
-    print(json.dumps(uvloop.run(_load(url, bodies, seconds, conc, batch))), flush=True)
+    print(json.dumps(uvloop.run(_load(url, bodies, seconds, conc, batch, server_pid))), flush=True)
 
 
 # -- orchestration -------------------------------------------------------------------------------
@@ -156,9 +168,9 @@ def _wait_port(port: int) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def _run_load(url: str, args: argparse.Namespace) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--load", url, "1000", str(args.duration), str(args.conc)],
-                         capture_output=True, text=True, check=True, timeout=300)
+def _run_load(url: str, args: argparse.Namespace, server_pid: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--load", url, "1000", str(args.duration), str(args.conc),
+                          str(server_pid)], capture_output=True, text=True, check=True, timeout=300)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -189,7 +201,7 @@ def main() -> None:
                                cwd=BENCH)
         try:
             _wait_port(port)
-            plain.append(_run_load(f"http://127.0.0.1:{port}/ingest", args))
+            plain.append(_run_load(f"http://127.0.0.1:{port}/ingest", args, ref.pid))
         finally:
             _stop(ref)
         with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +209,7 @@ def main() -> None:
             srv = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp, args.durability, args.flow])
             try:
                 _wait_port(port)
-                ours.append(_run_load(f"http://127.0.0.1:{port}/api/v1/ingest", args))
+                ours.append(_run_load(f"http://127.0.0.1:{port}/api/v1/ingest", args, srv.pid))
             finally:
                 _stop(srv)
         print(f"plain {plain[-1]}\ntidegauge {ours[-1]}", flush=True)
@@ -214,8 +226,12 @@ def main() -> None:
         latency = json.loads((Path(tmp) / "result.json").read_text())
     p = statistics.median(r["readings_per_s"] for r in plain)
     o = statistics.median(r["readings_per_s"] for r in ours)
+    pc = statistics.median(r["server_cpu_s_per_M"] for r in plain)
+    oc = statistics.median(r["server_cpu_s_per_M"] for r in ours)
     print(json.dumps({"plain_readings_per_s": round(p), "tidegauge_readings_per_s": round(o),
-                      "ratio": round(o / p, 3), "durability": args.durability, "flow": args.flow,
+                      "ratio": round(o / p, 3), "plain_cpu_s_per_M": round(pc, 3),
+                      "tidegauge_cpu_s_per_M": round(oc, 3), "cpu_ratio": round(oc / pc, 3),
+                      "durability": args.durability, "flow": args.flow,
                       "latency_rate": args.rate, **paced, **latency}, indent=1))
 
 
@@ -224,7 +240,8 @@ if __name__ == "__main__":
         serve_main(int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], Path(sys.argv[3]) / "result.json",
                    sys.argv[5] if len(sys.argv) > 5 else "thread")
     elif len(sys.argv) > 1 and sys.argv[1] == "--load":
-        load_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
+        load_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]),
+                  int(sys.argv[6]) if len(sys.argv) > 6 else None)
     else:
         os.environ.setdefault("PYTHONHASHSEED", "0")
         main()

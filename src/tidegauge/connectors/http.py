@@ -14,12 +14,24 @@ only written to the operating system (survives a process crash, not a power loss
 
 The log's format and its fsync policy (fsync group-committed across requests) are described
 in :mod:`tidegauge.connectors.intake`.
+
+Hand-off
+--------
+Records are parsed once in the steady state. The server validates a request with the compiled NDJSON
+reader of :mod:`tidegauge.connectors._ndjson` (plain records, without the GIL) or, for anything else, with
+msgspec, and appends to the log, besides the NDJSON it writes, the records in that decoded form (the
+reader's columns, or msgspec's records packed): the source takes them from memory and only builds the
+DataFrame (:mod:`tidegauge.connectors._records`). Frames read back from the file (a replay after a
+restart, a flow that fell far behind) are decoded again the same way (the compiled reader, else msgspec
+with the server's Struct), so a replay yields exactly the records the live flow got. Only payloads neither
+takes (the edge receiver appends agents' batches unvalidated) are parsed by polars.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +40,10 @@ from typing import Literal
 import msgspec
 import polars as pl
 
+from tidegauge.connectors._records import Columns, FieldType, RecordCodec
+from tidegauge.connectors._rfc3339 import parse_rfc3339
 from tidegauge.connectors.base import Guarantee
-from tidegauge.connectors.intake import ACCEPTED, REJECTED, IntakeLog
+from tidegauge.connectors.intake import ACCEPTED, REJECTED, Frame, IntakeLog
 from tidegauge.dataflow.base import ERROR, RAW
 
 __all__ = ["ACCEPTED", "READING_SCHEMA", "REJECTED", "FieldType", "HttpIngestSnapshot", "HttpIngestSource", "IntakeLog"]
@@ -37,8 +51,8 @@ __all__ = ["ACCEPTED", "READING_SCHEMA", "REJECTED", "FieldType", "HttpIngestSna
 logger = logging.getLogger(__name__)
 
 _PARSE_IN_THREAD_BYTES = 32 * 1024
-"""Batches at least this big are parsed in a worker thread: below it, the hop (tens of microseconds) costs
-more than it saves and adds latency at low rates."""
+"""NDJSON that only polars parses (see *Hand-off*) is parsed in a worker thread from this size: below it,
+the hop (tens of microseconds) costs more than it saves and adds latency at low rates."""
 
 
 class HttpIngestSnapshot(msgspec.Struct, frozen=True, tag="tidegauge.http-ingest.v1"):
@@ -46,9 +60,6 @@ class HttpIngestSnapshot(msgspec.Struct, frozen=True, tag="tidegauge.http-ingest
 
     offset: int
 
-
-FieldType = Literal["str", "float", "int", "bool", "timestamp"]
-"""Type of a field of an ingested record; ``timestamp`` is an RFC 3339 string with a zone, or epoch seconds."""
 
 READING_SCHEMA: dict[str, FieldType] = {
     "sensor_id": "str",
@@ -118,6 +129,8 @@ class HttpIngestSource:
         if max_lag_bytes < 1:
             raise ValueError(f"max_lag_bytes={max_lag_bytes}: must be >= 1")
         self.key, self.time = key, time
+        self.codec = RecordCodec(self.schema, key=key, time=time)
+        """the record Struct the server validates with, and the packed hand-off (:mod:`._records`)"""
         self.durability = durability
         self.max_lag_bytes = max_lag_bytes
         self.name = name
@@ -157,46 +170,95 @@ class HttpIngestSourceLogic:
         # registered in the loop that reads (next_batch): the logic may be built outside any event loop
         self._waiting = False
         self._read_schema = {f: _POLARS[t] for f, t in d.schema.items()}
+        self._timestamp_fields = [f for f, t in d.schema.items() if t == "timestamp"]
 
     async def next_batch(self, max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
         if not self._waiting:
             self.log.add_waiter(self._event)
             self._waiting = True
         if self.log.durable <= self.offset:
+            # clear, then look again: an append in between either is seen here or sets the event
+            # (IntakeLog sets it only when it is clear)
             self._event.clear()
+        if self.log.durable <= self.offset:
             try:
                 await asyncio.wait_for(self._event.wait(), timeout=max(max_delay_s, 0.001))
             except TimeoutError:
                 return pl.DataFrame()
-        frames, self.offset = self.log.read(self.offset, max_rows)
+        frames, self.offset = self.log.read_frames(self.offset, max_rows)
         if not frames:
             return pl.DataFrame()
-        if sum(len(p) for _, p in frames) < _PARSE_IN_THREAD_BYTES:
-            return self._to_frame(frames)
-        # polars parses without the GIL: in a worker thread, the server keeps answering requests on the
-        # event loop meanwhile (on a second core) instead of waiting for the flow's parse
-        return await asyncio.to_thread(self._to_frame, frames)
-
-    def _to_frame(self, frames: list[tuple[int, bytes]]) -> pl.DataFrame:
-        ndjson = [p if p.endswith(b"\n") else p + b"\n" for k, p in frames if k == ACCEPTED]
-        parts: list[pl.DataFrame] = []
-        if ndjson:
-            parts.append(self._parse(b"".join(ndjson)))
-        rejects = [r for k, p in frames if k == REJECTED for r in msgspec.msgpack.decode(p, type=list[tuple[str, str]])]
+        parts = await self._accepted([fr for fr in frames if fr.kind == ACCEPTED])
+        rejects = [r for fr in frames if fr.kind == REJECTED
+                   for r in msgspec.msgpack.decode(fr.payload, type=list[tuple[str, str]])]
         if rejects:
             parts.append(pl.DataFrame({ERROR: [r[0] for r in rejects], RAW: [r[1] for r in rejects]},
                                       schema={ERROR: pl.String, RAW: pl.String}))
+        if not parts:
+            return pl.DataFrame()
         return pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
+
+    async def _accepted(self, frames: list[Frame]) -> list[pl.DataFrame]:
+        """The accepted records of ``frames``, in order, as DataFrames.
+
+        The server hands over, with each frame, the columns of the compiled NDJSON reader it validated the
+        records with, or msgspec's records packed (:mod:`tidegauge.connectors._records`); a frame read
+        back from the file is read by the compiled reader again; what it does not take, by :meth:`_slow`.
+        """
+        codec = self.d.codec
+        parts: list[pl.DataFrame] = []
+        for form, run in itertools.groupby(frames, key=lambda fr: type(fr.decoded)):
+            group = list(run)
+            df: pl.DataFrame | None
+            if form is Columns:
+                df = codec.frame_columns([fr.decoded for fr in group if isinstance(fr.decoded, Columns)])
+            elif form is bytes:
+                df = codec.frame([fr.decoded for fr in group if isinstance(fr.decoded, bytes)],
+                                 sum(fr.records or 0 for fr in group))
+            else:
+                df = codec.frame_ndjson([fr.payload for fr in group])
+            parts.append(df if df is not None else await self._slow([fr.payload for fr in group]))
+        return parts
+
+    async def _slow(self, payloads: list[bytes]) -> pl.DataFrame:
+        """Payloads one by one: the compiled reader, else msgspec as the server decodes (so that a replay
+        gives what the server packed), else polars (records appended unvalidated, by the edge receiver)."""
+        codec = self.d.codec
+        parts: list[pl.DataFrame] = []
+        for payload in payloads:
+            df = codec.frame_ndjson([payload])
+            if df is None:
+                try:
+                    records = codec.decode_lines(payload)
+                except (msgspec.DecodeError, UnicodeDecodeError):
+                    pass
+                else:
+                    df = codec.frame([codec.pack(records)], len(records))
+            parts.append(df if df is not None else await self._parse_ndjson([payload]))
+        return pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
+
+    async def _parse_ndjson(self, payloads: list[bytes]) -> pl.DataFrame:
+        data = _joined(payloads)
+        if len(data) < _PARSE_IN_THREAD_BYTES:
+            return self._parse(data)
+        # polars parses without the GIL: in a worker thread, the server keeps answering requests on the
+        # event loop meanwhile (on a second core) instead of waiting for the flow's parse
+        return await asyncio.to_thread(self._parse, data)
 
     def _parse(self, data: bytes) -> pl.DataFrame:
         try:
             df = pl.read_ndjson(io.BytesIO(data), schema=self._read_schema)
         except Exception:  # validated by the server: only a disagreement between parsers gets here
             return self._parse_lines(data)
-        for field, type_ in self.d.schema.items():
-            if type_ == "timestamp":
-                df = df.with_columns(_timestamp(pl.col(field)).alias(field))
-        return df
+        stamps = []
+        for field in self._timestamp_fields:
+            # the compiled RFC 3339 reader (10x polars' general one); what it does not take (epoch
+            # seconds, other shapes) goes through the general parser
+            ts, missed = parse_rfc3339(df[field])
+            if missed is not None:
+                ts = df.select(_timestamp(pl.col(field))).to_series().zip_with(missed, ts)
+            stamps.append(ts.alias(field))
+        return df.with_columns(stamps) if stamps else df
 
     def _parse_lines(self, data: bytes) -> pl.DataFrame:
         rows = []
@@ -224,6 +286,10 @@ class HttpIngestSourceLogic:
         if self.d._log is self.log:
             self.d._log = None
         await asyncio.to_thread(self.log.close)
+
+
+def _joined(payloads: list[bytes]) -> bytes:
+    return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in payloads)
 
 
 def _timestamp(col: pl.Expr) -> pl.Expr:

@@ -17,6 +17,17 @@ request fsyncs, in a worker thread, everything written so far, and every request
 itself covered by that one ``fsync`` or the next (group commit across requests: under load one fsync
 per group of requests, idle one per request). ``"os"``: an append returns once written to the operating
 system (survives a crash of the process, not of the machine).
+
+Hand-off in memory
+------------------
+The reader (the flow) does not read back what the server has just written: each append also keeps its
+frames (the same ``bytes`` objects, with their offsets, record counts and, if the appender gave one, a
+``decoded`` form of the records that is never written) in a bounded in-memory queue, and
+:meth:`IntakeLog.read_frames` takes them from there once they are durable. The file is read only when
+the queue does not start at the reader's position: a replay after a restart, a reader that fell more
+than ``cache_bytes`` behind, or a second reader. Both paths hand out the same payloads; the HTTP source
+decodes a payload read from the file the way the server did (:mod:`tidegauge.connectors._records`), so
+what the flow sees does not depend on which path served it.
 """
 
 from __future__ import annotations
@@ -31,13 +42,14 @@ import time
 import zlib
 from collections import deque
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
 from tidegauge.checkpoint._fs import fsync_dir
 from tidegauge.errors import ConnectorError
 
-__all__ = ["ACCEPTED", "REJECTED", "IntakeLog"]
+__all__ = ["ACCEPTED", "REJECTED", "Frame", "IntakeLog"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +60,23 @@ _SEGMENT_BYTES = 64 * 1024 * 1024
 """Segment size before rolling over: big enough to make few files, small enough to free disk soon after
 a checkpoint (only whole segments are deleted)."""
 _IOV_MAX = 512  # buffers per writev call: below Linux's IOV_MAX of 1024, with room for the headers
+_CACHE_BYTES = 64 * 1024 * 1024
+"""Bytes of recent frames (payloads and decoded forms) kept in memory for the reader: above what the
+server's default backpressure limit lets pile up (``max_lag_bytes``, 16 MiB of log: about 40 MiB with the
+HTTP source's decoded columns), so that a flow the server still accepts records for reads them all from
+memory; the oldest beyond it are dropped (and read from the file when needed)."""
+
+
+class Frame(NamedTuple):
+    """A frame as :meth:`IntakeLog.read_frames` hands it out."""
+
+    kind: int
+    """``ACCEPTED`` (``payload``: NDJSON) or ``REJECTED`` (``payload``: msgpack ``[[reason, payload], ...]``)"""
+    payload: bytes
+    records: int | None
+    """records in the frame; ``None`` when read from the file (not counted)"""
+    decoded: object | None
+    """the appender's ``decoded`` form of the accepted records (only from memory, never written)"""
 
 
 class IntakeLog:
@@ -61,13 +90,19 @@ class IntakeLog:
         ``"fsync"`` or ``"os"``: see the module docstring.
     segment_bytes:
         Size at which a new segment file is started.
+    cache_bytes:
+        Bytes of recently appended frames kept in memory for the reader (see *Hand-off in memory*);
+        0 reads everything back from the file.
     """
 
-    def __init__(self, dir: str | Path, *, durability: str = "fsync", segment_bytes: int = _SEGMENT_BYTES) -> None:
+    def __init__(self, dir: str | Path, *, durability: str = "fsync", segment_bytes: int = _SEGMENT_BYTES,
+                 cache_bytes: int = _CACHE_BYTES) -> None:
         if durability not in ("fsync", "os"):
             raise ValueError(f"durability={durability!r}: use 'fsync' or 'os'")
         if segment_bytes < 1024:
             raise ValueError(f"segment_bytes={segment_bytes}: use at least 1024")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes={cache_bytes}: use 0 (no cache) or more")
         self.dir = Path(dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.durability = durability
@@ -89,6 +124,13 @@ class IntakeLog:
         self._sync_lock = asyncio.Lock()
         self._closing = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop | None, asyncio.Event]] = []
+        # recent frames as (start offset, end offset, frame), contiguous, for the reader (under _lock)
+        self.cache_bytes = cache_bytes
+        self._recent: deque[tuple[int, int, Frame]] = deque()
+        self._recent_bytes = 0
+        self.frames_from_memory = 0
+        self.frames_from_file = 0
+        """frames handed out by :meth:`read` from the in-memory queue and from the file"""
 
     # -- opening -----------------------------------------------------------------------------------
     def _recover(self) -> int:
@@ -122,28 +164,36 @@ class IntakeLog:
         return fd
 
     # -- appending ---------------------------------------------------------------------------------
-    async def append(self, accepted: bytes, n_accepted: int, rejects: list[tuple[str, str]]) -> int:
+    async def append(self, accepted: bytes, n_accepted: int, rejects: list[tuple[str, str]], *,
+                     decoded: object | None = None) -> int:
         """Append one request (NDJSON of accepted records, rejects as ``(reason, payload)``); durable on return.
 
+        ``decoded``, if given, is another form of the accepted records that the reader takes instead of
+        parsing the NDJSON, as long as it reads from memory (see *Hand-off in memory*); it is not written,
+        and counts in ``cache_bytes`` by its ``len()`` (bytes) or its ``nbytes``.
         Returns the log offset after the request. Raises ``OSError`` if it could not be written (nothing
         of it is then in the log).
         """
-        parts: list[bytes] = []
+        frames: list[Frame] = []
         if n_accepted:
-            parts += _frame(ACCEPTED, accepted)
+            frames.append(Frame(ACCEPTED, accepted, n_accepted, decoded))
         if rejects:
-            parts += _frame(REJECTED, msgspec.msgpack.encode(rejects))
-        if not parts:
+            frames.append(Frame(REJECTED, msgspec.msgpack.encode(rejects), len(rejects), None))
+        if not frames:
             return self.end
         if self._closing:
             raise OSError(f"intake log {self.dir} is closed")
         if self.end - self._segments[-1] >= self.segment_bytes:
             await self._roll()
+        parts = [piece for fr in frames for piece in _frame(fr.kind, fr.payload)]
         size = sum(len(p) for p in parts)
         with self._lock:
             self._writev(parts, size)
+            start = self.end
             self.end += size
             end = self.end
+            if self.cache_bytes:
+                self._remember(start, frames)
         self.records_appended += n_accepted + len(rejects)
         self._times.append((end, time.perf_counter()))
         if self.durability == "fsync":
@@ -152,6 +202,20 @@ class IntakeLog:
             self.durable = max(self.durable, end)
         self._notify()
         return end
+
+    def _remember(self, start: int, frames: list[Frame]) -> None:
+        """Queue just-written frames for the reader (under ``_lock``), dropping the oldest beyond the budget."""
+        recent = self._recent
+        if recent and recent[-1][1] != start:  # not contiguous (cannot happen; be safe): start afresh
+            recent.clear()
+            self._recent_bytes = 0
+        for fr in frames:
+            end = start + _HEADER.size + 1 + len(fr.payload)
+            recent.append((start, end, fr))
+            self._recent_bytes += _held(fr)
+            start = end
+        while self._recent_bytes > self.cache_bytes and recent:
+            self._recent_bytes -= _held(recent.popleft()[2])
 
     async def _sync(self, end: int) -> None:
         # group commit: whoever holds the lock fsyncs everything written so far, the others find it done
@@ -196,13 +260,21 @@ class IntakeLog:
         except RuntimeError:
             here = None
         for loop, ev in list(self._waiters):
+            if ev.is_set():
+                # not consumed yet: the reader has not gone back to waiting (it clears the event, then
+                # checks ``durable`` again before it waits). Skipping spares a busy flow thread a wake-up
+                # (and the GIL hand-over) per request
+                continue
             if loop is here and loop is not None:
                 ev.set()
             elif loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(ev.set)
 
     def add_waiter(self, event: asyncio.Event) -> None:
-        """Have ``event`` set (in the event loop running now) whenever new records become durable."""
+        """Have ``event`` set (in the event loop running now) whenever new records become durable.
+
+        The event is set only if it is clear: a reader clears it, then checks :attr:`durable`, then waits.
+        """
         self._waiters.append((asyncio.get_running_loop(), event))
 
     def remove_waiter(self, event: asyncio.Event) -> None:
@@ -225,17 +297,40 @@ class IntakeLog:
     # -- reading and truncation --------------------------------------------------------------------
     def read(self, offset: int, max_records: int) -> tuple[list[tuple[int, bytes]], int]:
         """Frames ``(kind, payload)`` from ``offset`` up to the durable end (about ``max_records`` records)."""
+        frames, offset = self.read_frames(offset, max_records)
+        return [(fr.kind, fr.payload) for fr in frames], offset
+
+    def read_frames(self, offset: int, max_records: int) -> tuple[list[Frame], int]:
+        """:class:`Frame` s from ``offset`` up to the durable end (about ``max_records`` records), and the
+        offset after them: from memory if the in-memory queue starts at ``offset``, else from the file."""
         if offset < self.start:
             raise ConnectorError(
                 f"intake log {self.dir}: position {offset} was deleted (the log starts at {self.start}); "
                 "the checkpoint and the log do not belong together"
             )
         with self._lock:
+            recent = self._recent
+            while recent and recent[0][1] <= offset:  # handed out before: the reader is past it
+                self._recent_bytes -= _held(recent.popleft()[2])
+            if recent and recent[0][0] == offset:
+                return self._take_recent(offset, max_records, self.durable)
             return self._read(offset, max_records, self.durable, list(self._segments))
 
+    def _take_recent(self, offset: int, max_records: int, durable: int) -> tuple[list[Frame], int]:
+        frames: list[Frame] = []
+        budget = max_records
+        for _start, end, fr in self._recent:
+            if end > durable or budget <= 0:
+                break
+            frames.append(fr)
+            budget -= fr.records or 1
+            offset = end
+        self.frames_from_memory += len(frames)
+        return frames, offset
+
     def _read(self, offset: int, max_records: int, durable: int,
-              segments: list[int]) -> tuple[list[tuple[int, bytes]], int]:
-        frames: list[tuple[int, bytes]] = []
+              segments: list[int]) -> tuple[list[Frame], int]:
+        frames: list[Frame] = []
         idx = max(0, _bisect(segments, offset))
         budget = max_records
         while offset < durable and budget > 0 and idx < len(segments):
@@ -250,12 +345,13 @@ class IntakeLog:
                     length, _crc = _HEADER.unpack_from(mm, pos)
                     kind = mm[pos + _HEADER.size]
                     payload = mm[pos + _HEADER.size + 1:pos + _HEADER.size + length]
-                    frames.append((kind, payload))
+                    frames.append(Frame(kind, payload, None, None))
                     budget -= payload.count(b"\n") + 1 if kind == ACCEPTED else 1
                     pos += _HEADER.size + length
             offset += pos - start
             if offset >= seg_end:
                 idx += 1
+        self.frames_from_file += len(frames)
         return frames, offset
 
     def truncate_before(self, offset: int) -> None:
@@ -271,6 +367,15 @@ class IntakeLog:
             return
         self._closing = True
         os.close(self._fd)
+        with self._lock:
+            self._recent.clear()
+            self._recent_bytes = 0
+
+
+def _held(fr: Frame) -> int:
+    """Bytes an in-memory frame holds (what ``cache_bytes`` bounds)."""
+    d = fr.decoded
+    return len(fr.payload) + (len(d) if isinstance(d, bytes) else int(getattr(d, "nbytes", 0)))
 
 
 def _frame(kind: int, payload: bytes) -> list[bytes]:

@@ -121,6 +121,8 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
         started=time.time(),
     )
     registry.register(FlowCollector(runner, sources))
+    if source is not None:
+        state.validator.codec.warm_up()  # the compiled readers, before the first request rather than in it
     from tidegauge.server.query import query_routes
 
     routes: list[BaseRoute] = [

@@ -1,17 +1,19 @@
 """Running the flow beside the HTTP server: in the server's event loop, or in a thread of its own.
 
 ``server.flow: thread`` (the default) runs the runner in a dedicated thread with its own event loop, so
-the flow's CPU work (parsing the intake log, key encoding, windows, detectors: mostly polars and numba,
-which release the GIL) runs on another core while the server's loop keeps answering requests. That is
-what lets ingest keep up with a plain decode-only endpoint (see ``benchmarks/http_ingest.py``).
+the flow's CPU work (building the batch from the records the server decoded, key encoding, windows,
+detectors: mostly polars and numba, which release the GIL) runs on another core while the server's loop
+keeps answering requests (see ``benchmarks/http_ingest.py``).
 ``server.flow: loop`` runs both in one event loop (one core; simpler to debug).
 
 What the two threads share, and why it is safe: the intake log (appended by the server, read and
-truncated by the flow: :class:`~tidegauge.connectors.http.IntakeLog` locks its segment list and wakes a
-reader in another loop with ``call_soon_threadsafe``); ``runner.metrics`` and ``runner.positions()``
-(read at scrape time: plain values and copies); ``runner.stop()`` (a flag the runner checks at least
-every tick); the :class:`~tidegauge.alerting.AlertManager` and the dashboard's
-:class:`~tidegauge.server.live.LiveState` (each locked by itself).
+truncated by the flow: :class:`~tidegauge.connectors.http.IntakeLog` locks its segment list and its
+in-memory queue of recent frames, and wakes a waiting reader in another loop with
+``call_soon_threadsafe``; the decoded records it hands over are not changed after the append);
+``runner.metrics`` and ``runner.positions()`` (read at scrape time: plain values and copies);
+``runner.stop()`` (a flag the runner checks at least every tick); the
+:class:`~tidegauge.alerting.AlertManager` and the dashboard's :class:`~tidegauge.server.live.LiveState`
+(each locked by itself).
 """
 
 from __future__ import annotations

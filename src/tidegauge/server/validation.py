@@ -1,8 +1,10 @@
 """Validating ingest bodies record by record, with a msgspec Struct generated from the source's schema.
 
-A body is NDJSON (one reading per line) or JSON (an array of readings, or one reading). The whole body is
-first decoded in one msgspec call (the fast path, in C); only if that fails, or if the caller may write
-only some sensors, is each record decoded on its own to find which ones are bad and why. Every rejected
+A body is NDJSON (one reading per line) or JSON (an array of readings, or one reading). An NDJSON body is
+first read by the compiled reader of :mod:`tidegauge.connectors._ndjson` (flat records of plain values:
+the usual case), which checks the same rules as msgspec without the GIL; anything it does not take is
+decoded in one msgspec call (in C); only if that fails, or if the caller may write only some sensors,
+is each record decoded on its own to find which ones are bad and why. Every rejected
 record keeps its index (0-based, among the non-blank lines or array elements) and its original text.
 
 Reasons start with a stable class, before the first ``:`` (what the metrics count by):
@@ -15,27 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
+from tidegauge.connectors._records import Columns, RecordCodec
 from tidegauge.connectors.http import FieldType
 
 __all__ = ["RecordValidator", "Reject", "ValidationResult"]
 
 logger = logging.getLogger(__name__)
-
-_FINITE = msgspec.Meta(ge=-1.7e308, le=1.7e308)  # rejects inf (and "huge numbers" beyond float64)
-_EPOCH = msgspec.Meta(ge=-1e11, le=1e11)  # epoch seconds within +-3000 years: beyond that, a unit mistake
-_TYPES: dict[str, Any] = {
-    "str": Annotated[str, msgspec.Meta(max_length=4096)],
-    "float": Annotated[float, _FINITE],
-    "int": Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)],
-    "bool": bool,
-    "timestamp": Annotated[datetime, msgspec.Meta(tz=True)] | Annotated[float, _EPOCH],
-}
-_KEY = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 @dataclass(frozen=True)
@@ -47,12 +38,16 @@ class Reject:
 
 @dataclass
 class ValidationResult:
-    """Accepted records as NDJSON (``ndjson``, ``accepted`` of them) and the rejects."""
+    """Accepted records as NDJSON (``ndjson``, ``accepted`` of them, and decoded: ``records`` or ``columns``),
+    and the rejects."""
 
     ndjson: bytes = b""
     accepted: int = 0
     rejects: list[Reject] = field(default_factory=list)
     sensors: list[str] | None = None
+    records: list[Any] = field(default_factory=list)
+    columns: Columns | None = None
+    """the compiled reader's columns, when it validated the body (then ``records`` is empty)"""
 
 
 class RecordValidator:
@@ -68,19 +63,10 @@ class RecordValidator:
     """
 
     def __init__(self, schema: Mapping[str, FieldType], *, key: str = "sensor_id", time: str = "timestamp") -> None:
-        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-        for name, type_ in schema.items():
-            if name == key:
-                fields.append((name, _KEY))
-            elif name == time:
-                fields.append((name, _TYPES[type_]))
-            else:
-                fields.append((name, _TYPES[type_] | None, None))
-        fields.sort(key=len)  # required fields first, as Python requires
+        self.codec = RecordCodec(schema, key=key, time=time)
+        """the record Struct and its packing for the flow (:mod:`tidegauge.connectors._records`)"""
         self.key = key
-        # gc=False: records hold only scalars (no cycles), and a body decodes thousands of them: leaving
-        # them untracked spares the garbage collector's passes over every decoded batch
-        self.record = msgspec.defstruct("Record", fields, frozen=True, gc=False)
+        self.record = self.codec.record
         self._one = msgspec.json.Decoder(self.record)
         self._array = msgspec.json.Decoder(list[self.record])  # type: ignore[name-defined]
         self._raw_array = msgspec.json.Decoder(list[msgspec.Raw])
@@ -100,12 +86,17 @@ class RecordValidator:
 
     def _validate_lines(self, body: bytes, sensors: frozenset[str] | None) -> ValidationResult:
         if sensors is None:
+            # the compiled reader first: plain records validated without the GIL and without a Python
+            # object per value (the flow reads them with it again); anything else goes to msgspec
+            columns = self.codec.scan(body)
+            if columns is not None:
+                return ValidationResult(body, columns.rows, columns=columns)
             try:
                 records = self._one.decode_lines(body)
             except (msgspec.DecodeError, UnicodeDecodeError):
                 pass
             else:
-                return ValidationResult(body, len(records))
+                return ValidationResult(body, len(records), records=records)
         lines = [line for line in body.split(b"\n") if line.strip()]
         return self._one_by_one(lines, sensors)
 
@@ -118,7 +109,7 @@ class RecordValidator:
             except (msgspec.DecodeError, UnicodeDecodeError):
                 pass
             else:
-                return ValidationResult(self._encoder.encode_lines(records), len(records))
+                return ValidationResult(self._encoder.encode_lines(records), len(records), records=records)
         try:
             raws = self._raw_array.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -139,7 +130,7 @@ class RecordValidator:
                                       _text(raw)))
                 continue
             good.append(rec)
-        return ValidationResult(self._encoder.encode_lines(good) if good else b"", len(good), rejects)
+        return ValidationResult(self._encoder.encode_lines(good) if good else b"", len(good), rejects, records=good)
 
 
 def _reason(exc: Exception) -> str:
