@@ -62,7 +62,12 @@ an idle source takes to return an empty batch."""
 
 @dataclass(frozen=True)
 class NatsConnection:
-    """Server(s) and credentials. nats-py reconnects on its own, forever (``max_reconnect_attempts=-1``)."""
+    """Server(s) and credentials.
+
+    The first connection must succeed within ``connect_deadline`` seconds (one attempt per server every
+    ``reconnect_wait`` seconds), else :class:`ConnectorError` says which servers and why: a wrong address
+    fails the run instead of hanging it. Once connected, nats-py reconnects on its own, forever.
+    """
 
     servers: str | Sequence[str] = "nats://127.0.0.1:4222"
     user: str | None = None
@@ -70,16 +75,29 @@ class NatsConnection:
     token: str | None = None
     tls: ssl.SSLContext | None = None
     name: str | None = None
+    connect_deadline: float = 30.0
+    reconnect_wait: float = 1.0
 
     async def connect(self) -> NatsClient:
         servers = [self.servers] if isinstance(self.servers, str) else list(self.servers)
+        failures: list[BaseException] = []
+
+        async def on_error(exc: Exception) -> None:  # nats-py logs a traceback per failed attempt otherwise
+            failures.append(exc)
+            logger.warning("nats %s: %s", servers, exc)
+
         try:
-            return await nats.connect(
+            return await asyncio.wait_for(nats.connect(
                 servers, user=self.user, password=self.password, token=self.token, tls=self.tls,
-                name=self.name, max_reconnect_attempts=-1, allow_reconnect=True, connect_timeout=5,
-            )
-        except (OSError, nats.errors.Error) as exc:
-            raise ConnectorError(f"cannot connect to NATS at {servers}: {exc}") from exc
+                name=self.name, max_reconnect_attempts=-1, allow_reconnect=True,
+                connect_timeout=min(5.0, self.connect_deadline), reconnect_time_wait=self.reconnect_wait,
+                error_cb=on_error,
+            ), self.connect_deadline)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            last = failures[-1] if failures else exc
+            raise ConnectorError(
+                f"cannot connect to NATS at {servers} within {self.connect_deadline:g} s: {last or type(last).__name__}"
+            ) from exc
 
 
 class NatsSourceState(msgspec.Struct, frozen=True, tag="tidegauge.nats-source.v1"):
