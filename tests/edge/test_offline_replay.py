@@ -9,6 +9,7 @@ several-minute variant runs with ``EDGE_SLOW_OFFLINE_S=300`` (seconds offline).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,23 @@ def test_upstream_restarted_mid_replay(rig: Rig) -> None:
     assert_exactly_once_in_order(rig.wait_received(total, 90), total)
     m = metrics(f"http://127.0.0.1:{rig.up_port}/metrics", {"Authorization": f"Bearer {TOKEN}"})
     assert m.get('tidegauge_edge_dropped_at_edge_total{node="gw-1",stream="readings"}', 0) == 0
+
+
+def test_agent_with_a_lost_data_dir_starts_a_new_incarnation(rig: Rig) -> None:
+    """The gateway's disk was replaced: the new outbox numbers from 1 again, and the upstream takes it all."""
+    total = 3 * RATE
+    rig.start_agent("--rate", str(RATE), "--limit", str(total), "--forward", "readings", "--no-detect")
+    rig.wait_drained(total, 90)
+    assert rig.agent is not None
+    rig.agent.kill()
+    shutil.rmtree(rig.tmp / "agent")
+    rig.restart_agent()
+    rig.wait_drained(total, 90)
+    df = rig.wait_received(2 * total, 60)
+    assert df.height == 2 * total, "the second incarnation's records must not be taken for duplicates"
+    assert df["edge_seq"].to_list() == [*range(1, total + 1), *range(1, total + 1)]
+    m = metrics(f"http://127.0.0.1:{rig.up_port}/metrics", {"Authorization": f"Bearer {TOKEN}"})
+    assert m.get('tidegauge_edge_duplicates_total{node="gw-1",stream="readings"}', 0) == 0
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_new"])

@@ -222,3 +222,84 @@ def test_heartbeats_carry_real_figures_and_take_the_assignment(tmp_path: Path, c
     agent.assignment = None
     asyncio.run(go(Starlette(routes=[])))
     assert sum("no coordinator" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_new_outbox_incarnation_is_new_data_not_a_replay(tmp_path: Path) -> None:
+    """An agent whose data directory was lost starts again at sequence 1: the upstream takes those records."""
+    receiver, app = make(tmp_path)
+
+    def as_of(incarnation: str, first: int, last: int) -> tuple[bytes, dict[str, str]]:
+        body, headers = batch(first, last)
+        return body.replace(b'"edge_node"', b'"edge_incarnation":"%s","edge_node"' % incarnation.encode()), {
+            **headers, wire.INCARNATION: incarnation}
+
+    async def go() -> None:
+        assert (await post(app, *as_of("aaaa", 1, 5))).json() == {"acked": 5, "accepted": 5, "duplicates": 0}
+        # the same agent id, a new outbox: 1-3 are new records
+        assert (await post(app, *as_of("bbbb", 1, 3))).json() == {"acked": 3, "accepted": 3, "duplicates": 0}
+        # the old incarnation's resend is still recognised as one
+        assert (await post(app, *as_of("aaaa", 4, 5))).json() == {"acked": 5, "accepted": 0, "duplicates": 2}
+        # an agent without the header (an older agent) keeps its own numbering
+        assert (await post(app, *batch(1, 2))).json()["accepted"] == 2
+        bad = await post(app, *as_of("x" * 65, 1, 1))
+        assert bad.status_code == 400 and wire.INCARNATION in bad.json()["error"]
+    asyncio.run(go())
+    assert receiver.sequences == {("gw", "aaaa", "readings"): 5, ("gw", "bbbb", "readings"): 3,
+                                  ("gw", "", "readings"): 2}
+    receiver.close()
+    receiver.sources["readings"].open_log().close()
+    # what the intake log holds is per incarnation too (a crash before the SQLite update loses nothing)
+    fresh, app2 = make(tmp_path, db="other.db")
+    assert fresh.sequences == {("gw", "aaaa", "readings"): 5, ("gw", "bbbb", "readings"): 3,
+                               ("gw", "", "readings"): 2}
+    assert asyncio.run(post(app2, *as_of("bbbb", 1, 4))).json() == {"acked": 4, "accepted": 1, "duplicates": 3}
+
+
+def test_the_receiver_takes_over_its_pre_incarnation_table_and_forgets_old_incarnations(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    db = sqlite3.connect(tmp_path / "edge.db")
+    db.execute("CREATE TABLE edge_acks (node TEXT NOT NULL, stream TEXT NOT NULL, acked INTEGER NOT NULL, "
+               "PRIMARY KEY (node, stream))")
+    db.execute("INSERT INTO edge_acks VALUES ('gw', 'readings', 7)")
+    db.commit()
+    db.close()
+    receiver, app = make(tmp_path)
+    assert receiver.sequences == {("gw", "", "readings"): 7} and receiver.acked == {("gw", "readings"): 7}
+    assert asyncio.run(post(app, *batch(1, 8))).json() == {"acked": 8, "accepted": 1, "duplicates": 7}
+    receiver._store("gw", "new", "readings", 3)
+    receiver._db.execute("UPDATE edge_sequences SET seen = ? WHERE incarnation = ''", (time.time() - 8 * 86400,))
+    receiver.close()
+    receiver.sources["readings"].open_log().close()
+    (tmp_path / "intake" / "readings").rename(tmp_path / "old-intake")  # only the table speaks now
+    again, _ = make(tmp_path)
+    assert again.sequences == {("gw", "new", "readings"): 3}, "a week-old incarnation is forgotten"
+    assert again.acked == {("gw", "readings"): 3}
+
+
+def test_the_uplink_names_its_outbox_incarnation(tmp_path: Path) -> None:
+    box, up = make_uplink(tmp_path, {"readings": StreamPolicy()})
+    assert len(box.incarnation) == 16 and Outbox(tmp_path / "o.db", {"readings": StreamPolicy()}).incarnation == \
+        box.incarnation, "the identity is stored with the outbox"
+    assert Outbox(tmp_path / "other.db", {"readings": StreamPolicy()}).incarnation != box.incarnation
+    box.append("readings", [b'{"a":1}'])
+    box.commit_seq("readings", 1)
+    b = asyncio.run(up._prepare())
+    assert b is not None
+    assert b.headers[wire.INCARNATION] == box.incarnation
+    assert b.headers["Idempotency-Key"] == f"gw:readings:1-1@{box.incarnation}"
+    assert msgspec.json.decode(b.body)["edge_incarnation"] == box.incarnation
+
+
+def test_an_outbox_made_before_incarnations_keeps_the_legacy_identity(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
+    box.append("readings", [b'{"a":1}'])
+    box._db.execute("DROP TABLE meta")  # as an older version left it: numbered records, no identity
+    box.close()
+    old = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
+    assert old.incarnation == "", "its records were numbered under the legacy identity upstream"
+    up = Uplink(old, "http://127.0.0.1:9", node_id="gw")
+    old.commit_seq("readings", 1)
+    b = asyncio.run(up._prepare())
+    assert b is not None and wire.INCARNATION not in b.headers and b.headers["Idempotency-Key"] == "gw:readings:1-1"

@@ -351,7 +351,8 @@ class JetStreamIntake:
         wait = 0.1
         while True:
             status, answer = await self.receiver.accept(node, stream, first, last, prev, m.data,
-                                                        replay=h.get(wire.REPLAY) == "1", order_timeout_s=0)
+                                                        replay=h.get(wire.REPLAY) == "1", order_timeout_s=0,
+                                                        incarnation=h.get(wire.INCARNATION, ""))
             if status == 200:
                 self.counts["applied" if answer["accepted"] else "duplicates"] += 1
                 await m.ack()
@@ -369,7 +370,8 @@ class JetStreamIntake:
                 return True
             if status != 503:
                 logger.error("jetstream intake: batch %s refused (%d: %s): dropped",
-                             wire.idempotency_key(node, stream, first, last), status, answer["error"])
+                             wire.idempotency_key(node, stream, first, last, h.get(wire.INCARNATION, "")), status,
+                             answer["error"])
                 self.counts["rejected"] += 1
                 await m.term()
                 return True

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -195,9 +196,21 @@ class Outbox:
                          "NOT NULL, acked_seq INTEGER NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS drops (stream TEXT NOT NULL, reason TEXT NOT NULL, "
                          "records INTEGER NOT NULL, PRIMARY KEY (stream, reason))")
+        self.incarnation = self._incarnation()
+        """This outbox's identity (random, made with the file): the upstream keeps sequence numbers per
+        agent *and* incarnation, so an agent whose data directory was lost, starting again at 1, is not taken
+        for a replay of what its predecessor sent. ``""`` for an outbox made before incarnations existed."""
         self._streams: dict[str, _Stream] = {}
         for name, policy in streams.items():
             self._streams[name] = self._open_stream(name, policy)
+
+    def _incarnation(self) -> str:
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # an older outbox that has numbered records already keeps the legacy (empty) identity
+        used = db.execute("SELECT count(*) FROM streams").fetchone()[0]
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('incarnation', ?)", ("" if used else secrets.token_hex(8),))
+        return str(db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()[0])
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

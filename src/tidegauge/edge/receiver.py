@@ -1,16 +1,18 @@
 """The upstream end of the uplink: ``POST /api/v1/edge/batches`` (scope ``ingest``; a token configured with
 ``nodes`` may only send the batches of those node ids, 403 otherwise).
 
-Each batch (see :mod:`tidegauge.edge.wire`) is de-duplicated by ``(agent, stream, sequence)``: the receiver
-keeps, per agent and stream, the highest sequence number it has (the records are contiguous, so that one
-number is the whole de-duplication state). New records are appended to the intake log of the stream's
-:class:`~tidegauge.connectors.http.HttpIngestSource` (durable before the answer), so the upstream flow
-reads them with that source's exactly-once guarantee; then the number is stored in SQLite and
+Each batch (see :mod:`tidegauge.edge.wire`) is de-duplicated by ``(agent, incarnation, stream, sequence)``:
+the receiver keeps, per agent, outbox incarnation and stream, the highest sequence number it has (the records
+are contiguous, so that one number is the whole de-duplication state). An agent whose outbox was lost starts
+a new incarnation at sequence 1, which is new data, not a replay; an incarnation not heard from for
+``incarnation_ttl_s`` (7 days) is forgotten when the receiver opens. New records are appended to the intake
+log of the stream's :class:`~tidegauge.connectors.http.HttpIngestSource` (durable before the answer), so the
+upstream flow reads them with that source's exactly-once guarantee; then the number is stored in SQLite and
 acknowledged.
 
-Surviving a restart: the records carry ``edge_node``/``edge_stream``/``edge_seq``, so when the receiver
-opens it also scans the intake logs and takes the highest sequence found there: a crash between the log
-append and the SQLite update does not forget what was appended.
+Surviving a restart: the records carry ``edge_node``/``edge_incarnation``/``edge_stream``/``edge_seq``, so
+when the receiver opens it also scans the intake logs and takes the highest sequence found there: a crash
+between the log append and the SQLite update does not forget what was appended.
 
 Alerts: for the streams named in ``alert_streams`` the receiver hands every ``firing``/``resolved``
 transition to ``alerts`` (the upstream :class:`~tidegauge.alerting.AlertManager`, as ``tidegauge serve
@@ -88,7 +90,7 @@ class EdgeReceiver:
     def __init__(self, sources: Mapping[str, HttpIngestSource], db: str | Path, *,
                  alert_streams: Sequence[str] = ("alerts",), pager: Pager | None = None,
                  alerts: AlertManager | None = None, max_body_bytes: int = 32 * 1024 * 1024,
-                 order_timeout_s: float = 5.0) -> None:
+                 order_timeout_s: float = 5.0, incarnation_ttl_s: float = 7 * 86400) -> None:
         if not sources:
             raise ValueError("EdgeReceiver needs at least one source (stream name -> HttpIngestSource)")
         self.sources = dict(sources)
@@ -102,17 +104,35 @@ class EdgeReceiver:
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a power loss may lose the last updates, which the scan of the intake logs at open restores
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS edge_acks (node TEXT NOT NULL, stream TEXT NOT NULL, "
-                         "acked INTEGER NOT NULL, PRIMARY KEY (node, stream))")
-        self.acked: dict[tuple[str, str], int] = {
-            (n, s): a for n, s, a in self._db.execute("SELECT node, stream, acked FROM edge_acks")}
-        self._conds: dict[tuple[str, str], asyncio.Condition] = {}
+        self.sequences = self._open_sequences(incarnation_ttl_s)
+        """(agent, incarnation, stream) -> the highest sequence number stored"""
+        self.acked: dict[tuple[str, str], int] = {}
+        """(agent, stream) -> the highest sequence number of the agent's latest incarnation (for metrics)"""
+        for (node, _, stream), seq in self.sequences.items():  # in order of last contact
+            self.acked[(node, stream)] = seq
+        self._conds: dict[tuple[str, str, str], asyncio.Condition] = {}
         self.order_timeout_s = order_timeout_s
         self.counts: dict[str, dict[tuple[str, str], int]] = {
             k: {} for k in ("batches", "records", "replayed", "duplicates", "dropped_at_edge", "paged",
                             "recorded_only")}
         self.last_batch_at: dict[str, float] = {}
         self._recover_from_logs()
+
+    def _open_sequences(self, ttl_s: float) -> dict[tuple[str, str, str], int]:
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS edge_sequences (node TEXT NOT NULL, incarnation TEXT NOT NULL, "
+                   "stream TEXT NOT NULL, acked INTEGER NOT NULL, seen REAL NOT NULL, "
+                   "PRIMARY KEY (node, incarnation, stream))")
+        legacy = db.execute("SELECT name FROM sqlite_master WHERE name = 'edge_acks'").fetchone()
+        if legacy:  # a receiver made before incarnations: its numbers are the legacy ("") incarnation's
+            db.execute("INSERT OR IGNORE INTO edge_sequences SELECT node, '', stream, acked, ? FROM edge_acks",
+                       (time.time(),))
+            db.execute("DROP TABLE edge_acks")
+        # forget old incarnations, but never an agent's latest one
+        db.execute("DELETE FROM edge_sequences AS e WHERE seen < ? AND seen < (SELECT max(seen) FROM "
+                   "edge_sequences AS l WHERE l.node = e.node AND l.stream = e.stream)", (time.time() - ttl_s,))
+        return {(n, i, s): a for n, i, s, a in
+                db.execute("SELECT node, incarnation, stream, acked FROM edge_sequences ORDER BY seen")}
 
     def _recover_from_logs(self) -> None:
         seen = set()
@@ -132,17 +152,20 @@ class EdgeReceiver:
                     self._advance_from(b"".join(parts))
 
     def _advance_from(self, ndjson: bytes) -> None:
-        df = pl.read_ndjson(io.BytesIO(ndjson), schema={"edge_node": pl.String, "edge_stream": pl.String,
-                                                        "edge_seq": pl.Int64})
-        top = df.drop_nulls().group_by("edge_node", "edge_stream").agg(pl.col("edge_seq").max())
-        for node, stream, seq in top.iter_rows():
-            if seq > self.acked.get((node, stream), 0):
+        df = pl.read_ndjson(io.BytesIO(ndjson), schema={"edge_node": pl.String, "edge_incarnation": pl.String,
+                                                        "edge_stream": pl.String, "edge_seq": pl.Int64})
+        top = (df.with_columns(pl.col("edge_incarnation").fill_null("")).drop_nulls()
+               .group_by("edge_node", "edge_incarnation", "edge_stream").agg(pl.col("edge_seq").max()))
+        for node, incarnation, stream, seq in top.iter_rows():
+            if seq > self.sequences.get((node, incarnation, stream), 0):
                 logger.info("edge receiver: %s/%s has records up to %d in the intake log", node, stream, seq)
-                self._store(node, stream, seq)
+                self._store(node, incarnation, stream, seq)
 
-    def _store(self, node: str, stream: str, seq: int) -> None:
-        self._db.execute("INSERT INTO edge_acks VALUES (?, ?, ?) ON CONFLICT (node, stream) DO UPDATE SET "
-                         "acked = excluded.acked", (node, stream, seq))
+    def _store(self, node: str, incarnation: str, stream: str, seq: int) -> None:
+        self._db.execute("INSERT INTO edge_sequences VALUES (?, ?, ?, ?, ?) ON CONFLICT (node, incarnation, stream) "
+                         "DO UPDATE SET acked = excluded.acked, seen = excluded.seen",
+                         (node, incarnation, stream, seq, time.time()))
+        self.sequences[(node, incarnation, stream)] = seq
         self.acked[(node, stream)] = seq
 
     def _count(self, what: str, node: str, stream: str, n: int) -> None:
@@ -170,21 +193,25 @@ class EdgeReceiver:
         except (KeyError, ValueError):
             return error(400, f"an edge batch needs the headers {wire.NODE}, {wire.STREAM}, {wire.FIRST}, "
                               f"{wire.LAST} (integers for the sequence numbers)")
+        incarnation = h.get(wire.INCARNATION, "")
         refusal = who.edge_refusal(node)  # a token bound to other nodes (or to sensors) may not act as this one
         if refusal is not None:
             return error(403, refusal)
-        refused = self.check(node, stream, first, last, prev)
+        refused = self.check(node, stream, first, last, prev, incarnation)
         if refused is not None:  # before reading the body
             return _response(*refused)
         status, answer = await self.accept(node, stream, first, last, prev, await request.body(),
-                                           replay=h.get(wire.REPLAY) == "1")
+                                           replay=h.get(wire.REPLAY) == "1", incarnation=incarnation)
         return _response(status, answer)
 
-    def check(self, node: str, stream: str, first: int, last: int, prev: int) -> tuple[int, dict[str, Any]] | None:
+    def check(self, node: str, stream: str, first: int, last: int, prev: int,
+              incarnation: str = "") -> tuple[int, dict[str, Any]] | None:
         """Why a batch with these headers is refused (``(status, {"error": ...})``), or ``None``."""
         if not node or not stream or first < 1 or last < first or not 0 <= prev < first:
             return 400, {"error": f"bad batch {wire.idempotency_key(node, stream, first, last)}: sequence numbers "
                                   f"start at 1, last >= first and 0 <= {wire.PREV} < first"}
+        if len(incarnation) > 64 or not incarnation.isascii() or not incarnation.isprintable():
+            return 400, {"error": f"{wire.INCARNATION} must be at most 64 printable ASCII characters"}
         source = self.sources.get(stream, self.sources.get("*"))
         if source is None:
             return 404, {"error": f"no upstream source takes edge stream {stream!r}; configure one"}
@@ -193,7 +220,8 @@ class EdgeReceiver:
         return None
 
     async def accept(self, node: str, stream: str, first: int, last: int, prev: int, body: bytes, *,
-                     replay: bool, order_timeout_s: float | None = None) -> tuple[int, dict[str, Any]]:
+                     replay: bool, order_timeout_s: float | None = None,
+                     incarnation: str = "") -> tuple[int, dict[str, Any]]:
         """De-duplicate one batch and append its new records to the stream's intake log (durable on return).
 
         The HTTP handler and the JetStream intake (:mod:`tidegauge.edge.jetstream`) both call this. Returns
@@ -201,7 +229,7 @@ class EdgeReceiver:
         the records before ``first`` have not arrived within ``order_timeout_s`` (default: the receiver's),
         or ``400``/``404``/``413``/``503 {"error"}``.
         """
-        refused = self.check(node, stream, first, last, prev)
+        refused = self.check(node, stream, first, last, prev, incarnation)
         source = self.sources.get(stream, self.sources.get("*"))
         if refused is not None or source is None:
             return refused or (404, {"error": f"no upstream source takes edge stream {stream!r}"})
@@ -212,15 +240,15 @@ class EdgeReceiver:
         n += 1 if body and not body.endswith(b"\n") else 0
         if n != last - first + 1:
             return 400, {"error": f"batch {first}-{last} must have {last - first + 1} records, it has {n}"}
-        key = (node, stream)
+        key = (node, incarnation, stream)
         cond = self._conds.setdefault(key, asyncio.Condition())
         async with cond:
-            if self.acked.get(key, 0) < prev:
+            if self.sequences.get(key, 0) < prev:
                 # its predecessor is still on its way (another connection): apply them in order
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait_for(lambda: self.acked.get(key, 0) >= prev),
+                    await asyncio.wait_for(cond.wait_for(lambda: self.sequences.get(key, 0) >= prev),
                                            self.order_timeout_s if order_timeout_s is None else order_timeout_s)
-            have = self.acked.get(key, 0)
+            have = self.sequences.get(key, 0)
             if have < prev:
                 return 409, {"error": f"records {have + 1}-{prev} of {node}/{stream} have not arrived; "
                                       f"send from {have + 1}", "acked": have}
@@ -236,7 +264,7 @@ class EdgeReceiver:
             data = body if not skip else body.split(b"\n", skip)[skip]  # what follows the first `skip` lines
             data = data if data.endswith(b"\n") else data + b"\n"
             await source.open_log().append(data, accepted, [])
-            self._store(node, stream, last)
+            self._store(node, incarnation, stream, last)
             self._count("batches", node, stream, 1)
             self._count("records", node, stream, accepted)
             self._count("duplicates", node, stream, skip)

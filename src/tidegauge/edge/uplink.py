@@ -175,8 +175,9 @@ class Uplink:
         up = self._replay_cutoff()
         node = msgspec.json.encode(self.node_id).decode()
         name = msgspec.json.encode(stream).decode()
-        live = f'{{"edge_node":{node},"edge_stream":{name},"edge_replay":false,'.encode()
-        replay = f'{{"edge_node":{node},"edge_stream":{name},"edge_replay":true,'.encode()
+        inc = msgspec.json.encode(self.outbox.incarnation).decode()
+        live = f'{{"edge_node":{node},"edge_stream":{name},"edge_incarnation":{inc},"edge_replay":false,'.encode()
+        replay = f'{{"edge_node":{node},"edge_stream":{name},"edge_incarnation":{inc},"edge_replay":true,'.encode()
         out, n_replay = [], 0
         if stream in self.config.alert_streams:
             rows = batch.rows()
@@ -238,10 +239,12 @@ class Uplink:
         first, last = batch.first, batch.last
         headers = {
             "Content-Type": "application/x-ndjson",
-            "Idempotency-Key": wire.idempotency_key(self.node_id, stream, first, last),
+            "Idempotency-Key": wire.idempotency_key(self.node_id, stream, first, last, self.outbox.incarnation),
             wire.NODE: self.node_id, wire.STREAM: stream, wire.FIRST: str(first), wire.LAST: str(last),
             wire.PREV: str(self._prev_override.pop(stream, prev)), wire.REPLAY: "1" if n_replay else "0",
         }
+        if self.outbox.incarnation:
+            headers[wire.INCARNATION] = self.outbox.incarnation
         self.sent_cursor[stream] = last
         return _Batch(stream, first, last, batch.records, batch.size, n_replay, body, headers)
 
