@@ -276,3 +276,58 @@ def test_a_batch_naming_another_node_than_its_subject_is_refused(tmp_path: Path)
         receiver.close()
 
     asyncio.run(main())
+
+
+def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) -> None:
+    """An agent with a ``nats://`` upstream registers with the coordinator and gets its sensors; a heartbeat
+    naming another agent than its subject is refused; without a coordinator nobody answers (404)."""
+    require("nats")
+    from tidegauge.edge.coordinator import Coordinator
+    from tidegauge.edge.heartbeat import Assignment, Heartbeat
+    from tidegauge.edge.strategies import SensorInfo
+
+    url = "nats://127.0.0.1:4222"
+    js = JetStreamConfig(stream=unique("TG_EDGE"), subject=unique("tg.edge"), durable=unique("up"),
+                         heartbeat_subject=unique("tg.hb"))
+    coordinator = Coordinator("round_robin", settle="0s", sensors=[SensorInfo(f"s{i}") for i in range(4)])
+
+    async def main() -> None:
+        import nats
+
+        receiver = receiver_at(tmp_path / "up")
+        stop = asyncio.Event()
+        intake = JetStreamIntake(receiver, url, config=js, coordinator=coordinator)
+        task = asyncio.create_task(intake.run(stop))
+        await asyncio.wait_for(intake.connected.wait(), 10)
+        box = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
+        up = JetStreamUplink(box, url, node_id="gw-1", jetstream=js, config=FAST)
+        status, answer = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
+        assert status == 200, answer
+        assignment = msgspec.json.decode(answer, type=Assignment)
+        assert assignment.node_id == "gw-1" and sorted(assignment.sensors) == ["s0", "s1", "s2", "s3"]
+        assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
+        # gw-1's NATS user may publish on its own heartbeat subject only; the body may not name another agent
+        status, answer = await up.heartbeat(Heartbeat(node_id="gw-2", sent_at_us=0, version="t").encode())
+        assert status == 403 and b"an agent sends only its own" in answer
+        status, answer = await up.heartbeat(b"{not json")
+        assert status == 400 and b"not a valid heartbeat" in answer
+        assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
+        assert intake.counts["heartbeats"] == 1 and intake.counts["heartbeats_refused"] == 2
+        stop.set()
+        await task
+        # no coordinator (the intake stopped, or the upstream pipeline has none): the agent is told 404
+        status, _ = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
+        assert status == 404
+        await up.close()
+        nc = await nats.connect(url)
+        await nc.jetstream().delete_stream(js.stream)
+        await nc.close()
+        receiver.close()
+
+    asyncio.run(main())
+
+
+def test_the_heartbeat_subject_must_lie_outside_the_stream() -> None:
+    with pytest.raises(ValueError, match="outside subject"):
+        JetStreamConfig(subject="tg.edge", heartbeat_subject="tg.edge.hb")
+    JetStreamConfig(subject="tg.edge", heartbeat_subject="tg.edgehb")  # a sibling, not inside

@@ -106,7 +106,10 @@ def serve(
             from tidegauge.edge.jetstream import JetStreamConfig, JetStreamIntake
 
             js = JetStreamConfig(stream=edge_nats_stream, subject=edge_nats_subject, durable=edge_nats_durable)
-            background.append(JetStreamIntake(receiver, edge_nats, token=edge_nats_token, config=js).run)
+            from tidegauge.edge.flow import flow_coordinator
+
+            background.append(JetStreamIntake(receiver, edge_nats, token=edge_nats_token, config=js,
+                                              coordinator=flow_coordinator(runner.flow)).run)
     result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver,
                         background=background, live=served.live)
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "

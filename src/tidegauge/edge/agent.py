@@ -201,12 +201,9 @@ class EdgeAgent:
                          generation=view.applied_generation if view.follow else 0)
 
     async def heartbeats(self, stop: asyncio.Event) -> None:
-        """POST a heartbeat every interval; an upstream without a coordinator (404) is logged once."""
+        """Send a heartbeat every interval (over the uplink's transport); an upstream without a coordinator
+        (404) is logged once."""
         interval = parse_duration(self.config.heartbeat_interval) / 1e6
-        if self.uplink.client is None:
-            logger.info("upstream %s is a broker: no heartbeats (they go to an HTTP upstream's coordinator)",
-                        self.config.upstream)
-            return
         told_404 = False
         told_refused = ""
         # Register once the flow has taken its first batch: building it (numba kernels, first imports) can
@@ -221,12 +218,11 @@ class EdgeAgent:
             try:
                 hb = await asyncio.to_thread(self.heartbeat)
                 sent = self.view.clock()  # the lease counts from sending a heartbeat that got an answer
-                resp = await self.uplink.client.post("/api/v1/edge/heartbeat", content=hb.encode(),
-                                                     headers={"Content-Type": "application/json"})
-                if resp.status_code == 200:
-                    self.view.received(msgspec.json.decode(resp.content, type=Assignment), sent_at=sent)
+                status, content = await self.uplink.heartbeat(hb.encode())
+                if status == 200:
+                    self.view.received(msgspec.json.decode(content, type=Assignment), sent_at=sent)
                     self.heartbeats_sent += 1
-                elif resp.status_code == 404:
+                elif status == 404:
                     self.view.no_coordinator = True
                     if not told_404:
                         logger.info("upstream %s has no coordinator (404 on heartbeats); going on without%s",
@@ -234,10 +230,11 @@ class EdgeAgent:
                         told_404 = True
                 else:
                     self.heartbeat_failures += 1
-                    refused = resp.status_code in (401, 403)  # a token problem: no retry fixes it, say so
-                    log = logger.warning if refused and told_refused != resp.text else logger.debug
-                    log("heartbeat refused by %s: %d %s", self.config.upstream, resp.status_code, resp.text[:300])
-                    told_refused = resp.text if refused else told_refused
+                    refused = status in (401, 403)  # a token problem: no retry fixes it, say so
+                    text = content.decode(errors="replace")[:300]
+                    log = logger.warning if refused and told_refused != text else logger.debug
+                    log("heartbeat refused by %s: %d %s", self.config.upstream, status, text)
+                    told_refused = text if refused else told_refused
             except Exception as exc:  # a heartbeat never stops the agent; the uplink reports the link
                 self.heartbeat_failures += 1
                 logger.debug("heartbeat failed: %s", exc)

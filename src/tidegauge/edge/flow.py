@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tidegauge.connectors.base import Guarantee
     from tidegauge.edge.coordinator import Coordinator
 
-__all__ = ["HEARTBEAT_SCHEMA", "CloudOnlyStep", "EdgeHeartbeatSource", "SensorDiscoveryStep"]
+__all__ = ["HEARTBEAT_SCHEMA", "CloudOnlyStep", "EdgeHeartbeatSource", "SensorDiscoveryStep", "flow_coordinator"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,12 @@ HEARTBEAT_SCHEMA: dict[str, pl.DataType] = {
 _POLL_S = 0.05
 """How often a waiting source looks for new records and offline agents: far finer than any heartbeat
 timeout worth configuring, and a look costs microseconds."""
+
+
+def flow_coordinator(flow: Any) -> Coordinator | None:
+    """The coordinator of ``flow``'s :class:`EdgeHeartbeatSource`, if it has one (a ``coordinator:`` section)."""
+    return next((n.definition.coordinator for n in flow.nodes.values()
+                 if isinstance(n.definition, EdgeHeartbeatSource)), None)
 
 
 def heartbeat_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:

@@ -24,7 +24,12 @@ Guarantees, end to end (every record once, in order per stream):
   acknowledgement with a delay) until the upstream is configured for it; a malformed batch (``400``,
   ``413``) is logged and terminated.
 
-Heartbeats and assignments stay on HTTP: an agent with a ``nats://`` upstream sends none.
+Heartbeats go over NATS too, as requests on ``<heartbeat_subject>.<agent>`` (default ``tidegauge.heartbeat``,
+outside the stream: they are live state, not history); the intake answers each with the agent's assignment
+from the upstream's coordinator (the same JSON as ``POST /api/v1/edge/heartbeat``), or, where the pipeline has
+no coordinator, nobody answers and the agent goes on without one. A heartbeat whose ``node_id`` is not its
+subject's agent is refused (403), as a batch is: grant each agent's NATS user publish rights on
+``<subject>.<agent>.>`` and ``<heartbeat_subject>.<agent>`` only.
 """
 
 from __future__ import annotations
@@ -44,9 +49,13 @@ from tidegauge.edge.outbox import OutboxBatch
 from tidegauge.edge.uplink import Uplink, _Batch, _Refused
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from tidegauge.edge.coordinator import Coordinator
     from tidegauge.edge.receiver import EdgeReceiver
 
-__all__ = ["JetStreamConfig", "JetStreamIntake", "JetStreamUplink", "is_nats_url", "subject_for"]
+__all__ = ["JetStreamConfig", "JetStreamIntake", "JetStreamUplink", "heartbeat_subject_for", "is_nats_url",
+           "subject_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +72,8 @@ class JetStreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """subject prefix: batches go to ``<subject>.<agent>.<stream>``"""
     duplicate_window: str = "2m"
     """how long JetStream remembers a message id (a batch published again within it is dropped)"""
+    heartbeat_subject: str = "tidegauge.heartbeat"
+    """heartbeats are requests on ``<heartbeat_subject>.<agent>``; not under ``subject`` (the stream's)"""
     durable: str = "tidegauge-upstream"
     ack_wait: str = "60s"
     """how long a delivered batch may take to apply before JetStream delivers it again"""
@@ -72,6 +83,10 @@ class JetStreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError(f"jetstream stream={self.stream!r}: use a name without '.', '*', '>' or spaces")
         if not self.subject or self.subject.endswith(".") or "*" in self.subject or ">" in self.subject:
             raise ValueError(f"jetstream subject={self.subject!r}: use a plain prefix such as 'tidegauge.edge'")
+        hb = self.heartbeat_subject
+        if not hb or hb.endswith(".") or "*" in hb or ">" in hb or f"{hb}.".startswith(f"{self.subject}."):
+            raise ValueError(f"jetstream heartbeat_subject={hb!r}: use a plain prefix outside subject "
+                             f"{self.subject!r} (the stream would store the heartbeats and answer for the upstream)")
         for name in ("duplicate_window", "ack_wait"):
             parse_duration(getattr(self, name), name=name)
 
@@ -84,6 +99,15 @@ def is_nats_url(url: str) -> bool:
 def subject_for(config: JetStreamConfig, node: str, stream: str) -> str:
     """``<subject>.<node>.<stream>``, characters NATS reserves in a token replaced by ``_``."""
     return f"{config.subject}.{_TOKEN.sub('_', node)}.{_TOKEN.sub('_', stream)}"
+
+
+def heartbeat_subject_for(config: JetStreamConfig, node: str) -> str:
+    """``<heartbeat_subject>.<node>`` (the node token as in :func:`subject_for`)."""
+    return f"{config.heartbeat_subject}.{_TOKEN.sub('_', node)}"
+
+
+STATUS = "Tidegauge-Status"
+"""Header of a heartbeat's answer over NATS: the HTTP status the same answer would have (absent: 200)."""
 
 
 class _Connection:
@@ -231,6 +255,17 @@ class JetStreamUplink(Uplink):
             if self._chain.get(b.stream) is done:
                 del self._chain[b.stream]
 
+    async def heartbeat(self, body: bytes) -> tuple[int, bytes]:
+        import nats.errors
+
+        try:
+            await self._jetstream()
+            msg = await self._nc.request(heartbeat_subject_for(self.jetstream, self.node_id), body,
+                                         timeout=self._timeout_s)
+        except nats.errors.NoRespondersError:
+            return 404, b'{"error": "no coordinator answers heartbeats on this NATS server"}'
+        return int((msg.headers or {}).get(STATUS, "200")), bytes(msg.data)
+
     async def _probe(self) -> None:
         try:
             await self._jetstream()
@@ -259,20 +294,25 @@ class JetStreamIntake:
         Stream, subject prefix and durable consumer name.
     fetch:
         Messages asked for at a time (applied one by one, in order).
+    coordinator:
+        The upstream's :class:`~tidegauge.edge.coordinator.Coordinator`, which answers the agents'
+        heartbeats; ``None``: heartbeats go unanswered (agents go on without a coordinator).
     """
 
     def __init__(self, receiver: EdgeReceiver, url: str, *, token: str | None = None,
-                 config: JetStreamConfig | None = None, fetch: int = 16) -> None:
+                 config: JetStreamConfig | None = None, fetch: int = 16,
+                 coordinator: Coordinator | None = None) -> None:
         import nats.errors
 
         self.receiver = receiver
+        self.coordinator = coordinator
         self.url = url
         self.config = config or JetStreamConfig()
         self.fetch = fetch
         self._conn = _connection(url, token, "tidegauge-upstream")
         self._errors: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
         self.counts: dict[str, int] = dict.fromkeys(("applied", "duplicates", "out_of_order", "waiting",
-                                                     "rejected"), 0)
+                                                     "rejected", "heartbeats", "heartbeats_refused"), 0)
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -283,6 +323,8 @@ class JetStreamIntake:
             try:
                 nc = await self._conn.connect()
                 sub = await self._subscribe(nc)
+                if self.coordinator is not None:
+                    await nc.subscribe(f"{self.config.heartbeat_subject}.*", cb=self._heartbeat_handler(nc))
                 self.connected.set()
                 backoff = 0.5
                 await self._consume(sub, stop)
@@ -296,6 +338,28 @@ class JetStreamIntake:
                 if nc is not None:
                     with contextlib.suppress(*self._errors):
                         await nc.close()
+
+    def _heartbeat_handler(self, nc: Any) -> Callable[[Any], Awaitable[None]]:
+        from tidegauge.server.edge import take_heartbeat
+
+        coordinator = self.coordinator
+        assert coordinator is not None
+
+        async def on(msg: Any) -> None:
+            def refusal(node: str) -> str | None:
+                if msg.subject == heartbeat_subject_for(self.config, node):
+                    return None
+                return f"heartbeat of node {node!r} on subject {msg.subject}: an agent sends only its own"
+
+            status, answer = take_heartbeat(coordinator, bytes(msg.data), refusal)
+            self.counts["heartbeats" if status == 200 else "heartbeats_refused"] += 1
+            if status != 200:
+                logger.warning("jetstream intake: heartbeat on %s refused (%d): %s", msg.subject, status,
+                               answer.decode(errors="replace")[:300])
+            if msg.reply:
+                with contextlib.suppress(*self._errors):
+                    await nc.publish(msg.reply, answer, headers={STATUS: str(status)})
+        return on
 
     async def _subscribe(self, nc: Any) -> Any:
         import nats.js.errors

@@ -149,6 +149,12 @@ class Uplink:
                                         timeout=parse_duration(self.config.timeout) / 1e6)
         self._httpx_error = httpx.HTTPError
 
+    async def heartbeat(self, body: bytes) -> tuple[int, bytes]:
+        """Send a heartbeat (JSON) to the upstream's coordinator: the status and the answer (404: none there)."""
+        resp = await self.client.post("/api/v1/edge/heartbeat", content=body,
+                                      headers={"Content-Type": "application/json"})
+        return resp.status_code, resp.content
+
     # -- choosing what to send -----------------------------------------------------------------------
     def _next_stream(self) -> str | None:
         """Smooth weighted round-robin over the streams that have something to send."""

@@ -143,10 +143,9 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
         registry.register(edge_receiver.collector())
         routes += edge_receiver.routes()
     if coordinator is None:
-        from tidegauge.edge.flow import EdgeHeartbeatSource
+        from tidegauge.edge.flow import flow_coordinator
 
-        coordinator = next((n.definition.coordinator for n in runner.flow.nodes.values()
-                            if isinstance(n.definition, EdgeHeartbeatSource)), None)
+        coordinator = flow_coordinator(runner.flow)
     if coordinator is not None:
         from tidegauge.server.edge import EdgeCollector, edge_routes
 

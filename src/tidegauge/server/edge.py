@@ -17,7 +17,7 @@ cannot take over another agent's sensors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -34,9 +34,29 @@ if TYPE_CHECKING:
     from tidegauge.edge.coordinator import Coordinator
     from tidegauge.server.app import ServerState
 
-__all__ = ["EdgeCollector", "edge_routes"]
+__all__ = ["EdgeCollector", "edge_routes", "take_heartbeat"]
 
 logger = logging.getLogger(__name__)
+
+
+def take_heartbeat(coordinator: Coordinator, body: bytes,
+                   refusal: Callable[[str], str | None]) -> tuple[int, bytes]:
+    """Validate a heartbeat and hand it to ``coordinator``: ``(200, assignment JSON)`` or
+    ``(status, {"error": why} JSON)``.
+
+    ``refusal(node_id)`` says why the sender may not act as that node (``None``: it may). The HTTP endpoint
+    and the NATS heartbeat subject (:class:`~tidegauge.edge.jetstream.JetStreamIntake`) both use it.
+    """
+    try:
+        hb = Heartbeat.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return 400, msgspec.json.encode({"error": f"not a valid heartbeat: {exc}"})
+    if not hb.node_id.strip():
+        return 400, msgspec.json.encode({"error": "not a valid heartbeat: node_id is empty"})
+    refused = refusal(hb.node_id)
+    if refused is not None:
+        return 403, msgspec.json.encode({"error": refused})
+    return 200, msgspec.json.encode(coordinator.heartbeat(hb))
 
 
 def edge_routes(coordinator: Coordinator) -> list[BaseRoute]:
@@ -63,17 +83,8 @@ class _EdgeApi:
             body += chunk
             if len(body) > state.body_limit:
                 return error(413, f"heartbeat larger than the body limit ({state.body_limit} bytes)")
-        try:
-            hb = Heartbeat.decode(bytes(body))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return error(400, f"not a valid heartbeat: {exc}")
-        if not hb.node_id.strip():
-            return error(400, "not a valid heartbeat: node_id is empty")
-        refusal = who.edge_refusal(hb.node_id)
-        if refusal is not None:
-            return error(403, refusal)
-        assignment = self.coordinator.heartbeat(hb)
-        return Response(msgspec.json.encode(assignment), media_type="application/json")
+        status, answer = take_heartbeat(self.coordinator, bytes(body), who.edge_refusal)
+        return Response(answer, status, media_type="application/json")
 
     async def agents(self, request: Request) -> Response:
         state: ServerState = request.app.state.tg
