@@ -26,7 +26,7 @@ from tidegauge.connectors.http import ACCEPTED
 from tidegauge.edge.jetstream import JetStreamConfig, JetStreamIntake, JetStreamUplink
 from tidegauge.edge.outbox import Outbox, StreamPolicy
 from tidegauge.edge.receiver import EdgeReceiver, edge_sources
-from tidegauge.edge.uplink import UplinkConfig
+from tidegauge.edge.uplink import UplinkConfig, _Refused
 
 STREAMS = ("readings", "windows")
 FAST = UplinkConfig(batch_records=300, backoff_initial="50ms", backoff_max="300ms", breaker_failures=2,
@@ -280,15 +280,16 @@ def test_a_batch_naming_another_node_than_its_subject_is_refused(tmp_path: Path)
 
 def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) -> None:
     """An agent with a ``nats://`` upstream registers with the coordinator and gets its sensors; a heartbeat
-    naming another agent than its subject is refused; without a coordinator nobody answers (404)."""
+    naming another agent than its subject is refused; an upstream without a coordinator answers 404, and no
+    upstream at all is a failed heartbeat (the agent's lease then runs out), not "no coordinator"."""
     require("nats")
     from tidegauge.edge.coordinator import Coordinator
     from tidegauge.edge.heartbeat import Assignment, Heartbeat
     from tidegauge.edge.strategies import SensorInfo
 
     url = "nats://127.0.0.1:4222"
-    js = JetStreamConfig(stream=unique("TG_EDGE"), subject=unique("tg.edge"), durable=unique("up"),
-                         heartbeat_subject=unique("tg.hb"))
+    js = JetStreamConfig(stream=unique("TG_EDGE"), subject=unique("tg.edge"), durable=unique("up"))
+    other = JetStreamConfig(stream=unique("TG_EDGE"), subject=unique("tg.edge"), durable=unique("up"))
     coordinator = Coordinator("round_robin", settle="0s", sensors=[SensorInfo(f"s{i}") for i in range(4)])
 
     async def main() -> None:
@@ -313,21 +314,39 @@ def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) ->
         assert status == 400 and b"not a valid heartbeat" in answer
         assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
         assert intake.counts["heartbeats"] == 1 and intake.counts["heartbeats_refused"] == 2
+        # another upstream on the same broker, with its own subject prefix, neither answers nor registers it
+        bystander = Coordinator("round_robin", settle="0s")
+        stop2 = asyncio.Event()
+        intake2 = JetStreamIntake(receiver_at(tmp_path / "up2"), url, config=other, coordinator=bystander)
+        task2 = asyncio.create_task(intake2.run(stop2))
+        await asyncio.wait_for(intake2.connected.wait(), 10)
+        assert (await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode()))[0] == 200
+        assert bystander.agents() == [] and intake2.counts["heartbeats"] == 0
         stop.set()
         await task
-        # no coordinator (the intake stopped, or the upstream pipeline has none): the agent is told 404
-        status, _ = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
-        assert status == 404
+        # the upstream is gone: no answer is a failure (the lease decides), not "there is no coordinator"
+        with pytest.raises(_Refused, match="no upstream answers"):
+            await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
+        # an upstream whose pipeline has no coordinator says so
+        stop3 = asyncio.Event()
+        intake3 = JetStreamIntake(receiver_at(tmp_path / "up3"), url, config=js)
+        task3 = asyncio.create_task(intake3.run(stop3))
+        await asyncio.wait_for(intake3.connected.wait(), 10)
+        status, answer = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
+        assert status == 404 and b"no coordinator" in answer
+        stop2.set()
+        stop3.set()
+        await asyncio.gather(task2, task3)
         await up.close()
         nc = await nats.connect(url)
-        await nc.jetstream().delete_stream(js.stream)
+        for name in (js.stream, other.stream):
+            await nc.jetstream().delete_stream(name)
         await nc.close()
         receiver.close()
 
     asyncio.run(main())
 
 
-def test_the_heartbeat_subject_must_lie_outside_the_stream() -> None:
-    with pytest.raises(ValueError, match="outside subject"):
-        JetStreamConfig(subject="tg.edge", heartbeat_subject="tg.edge.hb")
-    JetStreamConfig(subject="tg.edge", heartbeat_subject="tg.edgehb")  # a sibling, not inside
+def test_the_heartbeat_subject_lies_outside_the_stream_and_follows_the_prefix() -> None:
+    assert JetStreamConfig().heartbeat_subject == "tidegauge.edge-heartbeat"
+    assert JetStreamConfig(subject="site-a.edge").heartbeat_subject == "site-a.edge-heartbeat"

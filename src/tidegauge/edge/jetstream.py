@@ -24,12 +24,14 @@ Guarantees, end to end (every record once, in order per stream):
   acknowledgement with a delay) until the upstream is configured for it; a malformed batch (``400``,
   ``413``) is logged and terminated.
 
-Heartbeats go over NATS too, as requests on ``<heartbeat_subject>.<agent>`` (default ``tidegauge.heartbeat``,
-outside the stream: they are live state, not history); the intake answers each with the agent's assignment
-from the upstream's coordinator (the same JSON as ``POST /api/v1/edge/heartbeat``), or, where the pipeline has
-no coordinator, nobody answers and the agent goes on without one. A heartbeat whose ``node_id`` is not its
-subject's agent is refused (403), as a batch is: grant each agent's NATS user publish rights on
-``<subject>.<agent>.>`` and ``<heartbeat_subject>.<agent>`` only.
+Heartbeats go over NATS too, as requests on ``<subject>-heartbeat.<agent>`` (outside the stream: they are
+live state, not history; one subject prefix per upstream, like the batches'). The intake answers each (one
+member of its queue group, if several upstream processes share the consumer) with the agent's assignment
+from the upstream's coordinator: the same JSON as ``POST /api/v1/edge/heartbeat``, or ``404`` where the
+pipeline has no coordinator, so the agent goes on without one. No answer at all (the upstream is down) is a
+failed heartbeat, as over HTTP: a following agent keeps its sensors until its lease lapses, then drops them.
+A heartbeat whose ``node_id`` is not its subject's agent is refused (403), as a batch is: grant each agent's
+NATS user publish rights on ``<subject>.<agent>.>`` and ``<subject>-heartbeat.<agent>`` only.
 """
 
 from __future__ import annotations
@@ -72,8 +74,6 @@ class JetStreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """subject prefix: batches go to ``<subject>.<agent>.<stream>``"""
     duplicate_window: str = "2m"
     """how long JetStream remembers a message id (a batch published again within it is dropped)"""
-    heartbeat_subject: str = "tidegauge.heartbeat"
-    """heartbeats are requests on ``<heartbeat_subject>.<agent>``; not under ``subject`` (the stream's)"""
     durable: str = "tidegauge-upstream"
     ack_wait: str = "60s"
     """how long a delivered batch may take to apply before JetStream delivers it again"""
@@ -83,10 +83,12 @@ class JetStreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError(f"jetstream stream={self.stream!r}: use a name without '.', '*', '>' or spaces")
         if not self.subject or self.subject.endswith(".") or "*" in self.subject or ">" in self.subject:
             raise ValueError(f"jetstream subject={self.subject!r}: use a plain prefix such as 'tidegauge.edge'")
-        hb = self.heartbeat_subject
-        if not hb or hb.endswith(".") or "*" in hb or ">" in hb or f"{hb}.".startswith(f"{self.subject}."):
-            raise ValueError(f"jetstream heartbeat_subject={hb!r}: use a plain prefix outside subject "
-                             f"{self.subject!r} (the stream would store the heartbeats and answer for the upstream)")
+
+    @property
+    def heartbeat_subject(self) -> str:
+        """Heartbeats are requests on ``<subject>-heartbeat.<agent>``: outside the stream (which would store
+        them and answer for the upstream), and apart for each upstream with its own subject prefix."""
+        return f"{self.subject}-heartbeat"
         for name in ("duplicate_window", "ack_wait"):
             parse_duration(getattr(self, name), name=name)
 
@@ -262,8 +264,9 @@ class JetStreamUplink(Uplink):
             await self._jetstream()
             msg = await self._nc.request(heartbeat_subject_for(self.jetstream, self.node_id), body,
                                          timeout=self._timeout_s)
-        except nats.errors.NoRespondersError:
-            return 404, b'{"error": "no coordinator answers heartbeats on this NATS server"}'
+        except nats.errors.NoRespondersError as exc:
+            # the upstream is down (an upstream without a coordinator answers 404): a failed heartbeat
+            raise _Refused("network: no upstream answers heartbeats") from exc
         return int((msg.headers or {}).get(STATUS, "200")), bytes(msg.data)
 
     async def _probe(self) -> None:
@@ -323,8 +326,9 @@ class JetStreamIntake:
             try:
                 nc = await self._conn.connect()
                 sub = await self._subscribe(nc)
-                if self.coordinator is not None:
-                    await nc.subscribe(f"{self.config.heartbeat_subject}.*", cb=self._heartbeat_handler(nc))
+                # a queue group: one upstream process answers, however many share the consumer
+                await nc.subscribe(f"{self.config.heartbeat_subject}.*", queue=self.config.durable,
+                                   cb=self._heartbeat_handler(nc))
                 self.connected.set()
                 backoff = 0.5
                 await self._consume(sub, stop)
@@ -343,7 +347,6 @@ class JetStreamIntake:
         from tidegauge.server.edge import take_heartbeat
 
         coordinator = self.coordinator
-        assert coordinator is not None
 
         async def on(msg: Any) -> None:
             def refusal(node: str) -> str | None:
@@ -351,9 +354,12 @@ class JetStreamIntake:
                     return None
                 return f"heartbeat of node {node!r} on subject {msg.subject}: an agent sends only its own"
 
-            status, answer = take_heartbeat(coordinator, bytes(msg.data), refusal)
+            if coordinator is None:
+                status, answer = 404, b'{"error": "this upstream has no coordinator (no coordinator: section)"}'
+            else:
+                status, answer = take_heartbeat(coordinator, bytes(msg.data), refusal)
             self.counts["heartbeats" if status == 200 else "heartbeats_refused"] += 1
-            if status != 200:
+            if status not in (200, 404):
                 logger.warning("jetstream intake: heartbeat on %s refused (%d): %s", msg.subject, status,
                                answer.decode(errors="replace")[:300])
             if msg.reply:
