@@ -56,7 +56,7 @@ def test_a_node_bound_token_acts_only_as_its_node(tmp_path: Path) -> None:
 
     async def main() -> None:
         task = asyncio.create_task(runner.run_async())
-        while receiver.sources["*"].logic is None:  # 503 until the flow reads the source
+        while receiver.sources["readings"].logic is None:  # 503 until the flow reads the source
             assert not task.done(), task.result()
             await asyncio.sleep(0.005)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tg") as c:
@@ -87,7 +87,7 @@ def test_a_node_bound_token_acts_only_as_its_node(tmp_path: Path) -> None:
         await task
 
     asyncio.run(main())
-    log = receiver.sources["*"].open_log()
+    log = receiver.sources["readings"].open_log()
     frames, _ = log.read(log.start, 10**6)
     nodes = [line.split(b'"edge_node":"')[1].split(b'"')[0] for _, p in frames for line in p.splitlines()]
     assert nodes == [b"gw-1"] * 3 + [b"gw-2"] * 3, "only the accepted batches reached the intake log"

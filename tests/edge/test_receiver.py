@@ -157,7 +157,7 @@ def test_receiver_for_a_served_flow_maps_streams_by_source_name(tmp_path: Path) 
     flow.source(plain)
     flow.source(alerts, key=alerts.key, time=alerts.time)
     r = receiver_for_flow(flow, tmp_path / "e.db")
-    assert r.sources == {"alerts": alerts, "*": plain}
+    assert r.sources == {"alerts": alerts, "readings": plain}, "the plain source takes raw readings only"
     with pytest.raises(Exception, match="http source"):
         receiver_for_flow(Flow("none"), tmp_path / "f.db")
 
@@ -303,3 +303,43 @@ def test_an_outbox_made_before_incarnations_keeps_the_legacy_identity(tmp_path: 
     old.commit_seq("readings", 1)
     b = asyncio.run(up._prepare())
     assert b is not None and wire.INCARNATION not in b.headers and b.headers["Idempotency-Key"] == "gw:readings:1-1"
+
+
+def test_a_stream_the_upstream_does_not_take_waits_while_the_others_go_on(tmp_path: Path) -> None:
+    """``serve --edge-db`` with one plain http source takes raw readings only: the agent's windows get 404,
+    stay in its outbox, and do not stall the readings (nor trip the breaker)."""
+    from tidegauge.connectors.http import HttpIngestSource
+    from tidegauge.edge.receiver import receiver_for_flow
+
+    flow = Flow("up")
+    plain = HttpIngestSource(tmp_path / "intake", durability="os", schema={
+        "sensor_id": "str", "timestamp": "timestamp", "v": "int", "edge_node": "str", "edge_seq": "int"})
+    flow.source(plain)
+    plain.build(None)
+    receiver = receiver_for_flow(flow, tmp_path / "edge.db")
+    config = ServerConfig(tokens=[TokenConfig(name="a", hash=hash_token(TOKEN), scopes=["ingest"])])
+    app = build_app(Runner(flow), config, edge_receiver=receiver)
+    box = Outbox(tmp_path / "o.db", {"windows": StreamPolicy(priority=2), "readings": StreamPolicy()})
+    for s, n in (("windows", 3), ("readings", 5)):
+        box.append(s, [msgspec.json.encode({"sensor_id": "s", "timestamp": "2024-01-01T00:00:00Z", "v": i})
+                       for i in range(n)])
+        box.commit_seq(s, n)
+    up = Uplink(box, "http://up", node_id="gw", token=TOKEN, config=msgspec.convert(
+        {"backoff_initial": "10ms", "breaker_failures": 2}, type=__import__(
+            "tidegauge.edge.uplink", fromlist=["UplinkConfig"]).UplinkConfig))
+    up.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://up",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+
+    async def go() -> None:
+        task = asyncio.create_task(up.run())
+        for _ in range(500):
+            if box.stats("readings").acked_seq == 5:
+                break
+            await asyncio.sleep(0.01)
+        up.stop()
+        await task
+    asyncio.run(go())
+    assert box.stats("readings").acked_seq == 5, "the readings went through"
+    assert box.stats("windows").depth == 3 and box.stats("windows").acked_seq == 0, "the windows wait"
+    assert up.parked.keys() == {"windows"} and up.errors.get("not_taken", 0) >= 1
+    assert up.breaker == "closed" and up.link == "up", "a stream nobody takes is not a link failure"

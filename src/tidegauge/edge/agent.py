@@ -257,7 +257,8 @@ class EdgeAgent:
                 "assignment": None if self.assignment is None else msgspec.to_builtins(self.assignment),
                 "processing": {"generation": self.view.applied_generation,
                                "sensors": len(self.view.applied_sensors)} if self.view.follow else None,
-                "skipped_unassigned": self.view.skipped}
+                "skipped_unassigned": self.view.skipped,
+                "not_taken_upstream": sorted(self.uplink.parked)}
 
 
 async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | None = None,

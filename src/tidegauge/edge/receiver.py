@@ -420,8 +420,11 @@ def edge_sources(log_dir: str | Path, streams: Sequence[str] = tuple(DEFAULT_SCH
 
 
 def receiver_for_flow(flow: Any, db: str | Path, **options: Any) -> EdgeReceiver:
-    """An :class:`EdgeReceiver` over a flow's HTTP sources: stream ``X`` -> the source named ``edge_X``,
-    any other stream -> the first HTTP source (``tidegauge serve --edge-db``).
+    """An :class:`EdgeReceiver` over a flow's HTTP sources: stream ``X`` -> the source named ``edge_X``;
+    without an ``edge_readings`` source, the agents' raw ``readings`` -> the first HTTP source (``tidegauge
+    serve --edge-db``). Other streams (windows, anomalies, alerts: other columns, or readings again) need
+    their ``edge_<stream>`` source: without one the receiver answers 404 and the agent keeps them in its
+    outbox, sending its other streams.
 
     Each of those sources whose schema has ``edge_node`` gets one watermark per agent
     (``partition_by="edge_node"``, unless it has a ``partition_by`` already), so the backlog an agent
@@ -435,7 +438,11 @@ def receiver_for_flow(flow: Any, db: str | Path, **options: Any) -> EdgeReceiver
 
         raise ConfigError("edge batches need an http source in the pipeline (source: {http: {...}})")
     sources = {str(s.name)[len("edge_"):]: s for s in http if str(s.name).startswith("edge_")}
-    sources.setdefault("*", http[0])
+    sources.setdefault("readings", http[0])
+    untaken = [s for s in ("windows", "anomalies", "alerts") if s not in sources]
+    if untaken:
+        logger.info("edge streams %s have no edge_<stream> http source here: agents keep them (404)",
+                    ", ".join(untaken))
     fed = {id(s) for s in sources.values()}
     for n in nodes:
         if id(n.definition) in fed and n.partition_by is None and "edge_node" in n.definition.schema:

@@ -40,6 +40,9 @@ __all__ = ["BreakerState", "Uplink", "UplinkConfig"]
 
 logger = logging.getLogger(__name__)
 
+_PARK_S = 60.0
+"""How long a stream the upstream does not take (404) waits before it is offered again."""
+
 BreakerState = Literal["closed", "open", "half_open"]
 
 
@@ -83,6 +86,14 @@ class _Refused(Exception):
     """The upstream answered with an error that retrying later may fix."""
 
 
+class _NotTaken(_Refused):
+    """The upstream takes no records of this stream (404): it waits in the outbox, the others go on."""
+
+    def __init__(self, stream: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stream = stream
+
+
 class Uplink:
     """Forward ``outbox`` to ``url`` (the upstream's base URL) as agent ``node_id``.
 
@@ -117,6 +128,8 @@ class Uplink:
         self.sent_cursor = dict(self.cursor)
         """per stream: the highest sequence number handed to a request"""
         self._prev_override: dict[str, int] = {}
+        self.parked: dict[str, float] = {}
+        """per stream the upstream does not take (404): when to offer it again (``time.monotonic()``)"""
         self._weights = {s: p.priority for s, p in outbox.streams.items()}
         self._current = dict.fromkeys(self._weights, 0)
         self._suppressed: set[str] = set()
@@ -158,7 +171,9 @@ class Uplink:
     # -- choosing what to send -----------------------------------------------------------------------
     def _next_stream(self) -> str | None:
         """Smooth weighted round-robin over the streams that have something to send."""
-        ready = [s for s in self._weights if self.outbox.has_visible(s, self.sent_cursor[s])]
+        now = time.monotonic()
+        ready = [s for s in self._weights if self.parked.get(s, 0.0) <= now
+                 and self.outbox.has_visible(s, self.sent_cursor[s])]
         if not ready:
             return None
         total = 0
@@ -279,6 +294,8 @@ class Uplink:
                              self.node_id, b.stream, have, self.cursor[b.stream])
                 self._prev_override[b.stream] = have
             raise _Refused(f"conflict: {resp.text[:200]}")
+        if resp.status_code == 404 and resp.headers.get("content-type", "").startswith("application/json"):
+            raise _NotTaken(b.stream, str(msgspec.json.decode(resp.content).get("error", "404")))
         if resp.status_code != 200:
             raise _Refused(f"http {resp.status_code}: {resp.text[:200]}")
         ack = msgspec.json.decode(resp.content, type=wire.BatchAck)
@@ -364,6 +381,15 @@ class Uplink:
                 await task
                 self._link_ok()
                 continue
+            except _NotTaken as exc:
+                # the link works; this stream waits in the outbox (its limits apply) and is offered again later
+                if exc.stream not in self.parked:
+                    logger.warning("uplink: %s does not take stream %r (%s); it waits in the outbox, offered "
+                                   "again every %.0f s", self.url, exc.stream, exc, _PARK_S)
+                self.parked[exc.stream] = time.monotonic() + _PARK_S
+                self.errors["not_taken"] = self.errors.get("not_taken", 0) + 1
+                self.sent_cursor[exc.stream] = self.cursor[exc.stream]
+                continue
             except _Refused as exc:
                 reason = str(exc)
             except Exception as exc:
@@ -419,4 +445,5 @@ class Uplink:
 
     def figures(self) -> Mapping[str, Any]:
         return {"link": self.link, "breaker": self.breaker, "failures": self.failures, "batches": self.batches,
-                "sent": dict(self.sent), "replayed": dict(self.replayed), "errors": dict(self.errors)}
+                "sent": dict(self.sent), "replayed": dict(self.replayed), "errors": dict(self.errors),
+                "not_taken": sorted(self.parked)}
