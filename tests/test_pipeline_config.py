@@ -89,3 +89,28 @@ sink: {file: out.parquet}
         build_pipeline(load_pipeline(write(tmp_path, text.replace("sensors: 7", "sensor: 7"))), base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"unknown fault option 'lat'"):
         build_pipeline(load_pipeline(write(tmp_path, text.replace("late: 0.01", "lat: 0.01"))), base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("steps", "message"), [
+    ("[{window: {type: tumbling, size: 10s, aggregate: {temperature: [mean]}}}]",
+     r"\$\.steps\[0\]\.window: aggregate field\(s\) \['temperature'\] not in the stream's columns"),
+    ("[{detect: {type: zscore, fields: [pressure]}}]", r"detector field\(s\) \['pressure'\]"),
+    ("[{filter: 'v > 1'}, {key_by: site}]", r"\$\.steps\[1\]\.key_by: key column \['site'\]"),
+])
+def test_steps_using_a_column_the_http_schema_lacks_are_refused_at_load(
+        tmp_path: Path, steps: str, message: str) -> None:
+    """A served pipeline would accept such records and fail on them at every restart: refuse the file."""
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nsource: {http: {log_dir: intake, schema: {sensor_id: str, timestamp: timestamp, "
+                    f"v: float}}}}}}\nsteps: {steps}\nsink: {{file: out/x.parquet}}\n")
+    with pytest.raises(ConfigError, match=message):
+        build_pipeline(load_pipeline(path), base_dir=tmp_path)
+
+
+def test_columns_a_detector_adds_can_be_aggregated(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nsource: {http: {log_dir: intake, schema: {sensor_id: str, timestamp: timestamp, "
+                    "v: float}}}\nsteps: [{detect: {type: zscore, fields: [v]}}, {window: {type: tumbling, "
+                    "size: 10s, aggregate: {v: [mean], score: [max], is_anomaly: [sum]}}}]\n"
+                    "sink: {file: out/x.parquet}\n")
+    assert build_pipeline(load_pipeline(path), base_dir=tmp_path).flow is not None

@@ -445,8 +445,10 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
         watermark=_watermark(wm),
     )
     sources = config.source if isinstance(config.source, list) else [config.source]
-    streams = [flow.source(_source(s, base, i, config), key=s.key, time=s.time, partition_by=s.partition_by)
-               for i, s in enumerate(sources)]
+    built = [_source(s, base, i, config) for i, s in enumerate(sources)]
+    streams = [flow.source(b, key=s.key, time=s.time, partition_by=s.partition_by)
+               for b, s in zip(built, sources, strict=True)]
+    known = _fixed_columns(built)
     stream = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
     coordinator = None if config.coordinator is None else _coordinator(flow, config, base)
     if coordinator is not None and coordinator[1]:
@@ -466,6 +468,8 @@ def build_pipeline(config: PipelineConfig, *, base_dir: str | Path = ".") -> Bui
             continue
         if kind == "window" and readings is None:
             readings = stream
+        if known is not None:
+            known = _check_columns(kind, params, known, where)
         stream = _step(stream, kind, params, where, base)
         if kind == "window":
             last_window = stream
@@ -632,6 +636,39 @@ def _sink(s: SinkConfig, base: Path, where: str) -> Any:
     if s.file is None:
         raise ConfigError(f"{where}: give exactly one of {', '.join(_SINK_KINDS)}")
     return FileSink(base / s.file, format=s.format, name=s.name)
+
+
+def _fixed_columns(sources: list[Any]) -> set[str] | None:
+    """The stream's columns when every source has a fixed set (``http``: its schema), else ``None``."""
+    from tidegauge.connectors.http import HttpIngestSource
+
+    if not sources or not all(isinstance(s, HttpIngestSource) for s in sources):
+        return None
+    return set.intersection(*(set(s.schema) for s in sources))
+
+
+def _check_columns(kind: str, params: Any, known: set[str], where: str) -> set[str] | None:
+    """Refuse a step that uses a column the stream cannot have (at load, not at the first record: a served
+    pipeline would accept records, then fail on them at every restart); the columns after it, if known."""
+    def need(fields: Any, what: str) -> None:
+        missing = sorted(str(f) for f in fields if str(f) not in known)
+        if missing:
+            raise ConfigError(f"{where}: {what} {missing} not in the stream's columns {sorted(known)} (an http "
+                              f"source's `schema:` replaces the default one: list every field the steps use)")
+
+    if kind == "window" and isinstance(params, dict) and isinstance(params.get("aggregate"), dict):
+        need([f for f in params["aggregate"] if f != "*"], "aggregate field(s)")
+        return None
+    if kind == "detect":
+        if isinstance(params, dict) and isinstance(params.get("fields"), list):
+            need(params["fields"], "detector field(s)")
+        return known | {"score", "is_anomaly", "detector"}
+    if kind == "key_by" and isinstance(params, str):
+        need([params], "key column")
+        return known
+    if kind in ("filter", "cloud_only"):
+        return known
+    return None  # select, with_columns, enrich, ...: columns not tracked further
 
 
 def _step(stream: Stream, kind: str, params: Any, where: str, base: Path) -> Stream:
