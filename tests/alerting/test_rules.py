@@ -134,3 +134,19 @@ def test_alert_step_in_a_flow(tmp_path: Path) -> None:
     flow.run()
     rows = out.to_frame()
     assert rows.select("rule", "state").rows() == [("hot", "pending"), ("hot", "firing")]
+
+
+def test_an_alert_shows_the_values_that_met_its_condition() -> None:
+    """Within one batch, a reading that meets the condition followed by one that does not: the alert's
+    values and text are those of the matching reading, not of a later one that contradicts them."""
+    m, clock = manager({"name": "hot", "expr": "temperature > 40", "keep_firing_for": "1m",
+                        "annotations": {"summary": "temperature {temperature:.1f}"}})
+    clock.advance("10s")
+    m.evaluate(batch({"a": 45.0, "b": 10.0}, t_us=clock.now_us()))
+    clock.advance("10s")
+    t = clock.now_us()
+    m.evaluate(pl.concat([batch({"a": 50.0}, t_us=t), batch({"a": 20.0}, t_us=t + 1)]))
+    (alert,) = m.list_alerts()
+    assert alert.state == "firing" and alert.values["temperature"] == 50.0
+    assert alert.annotations["summary"] == "temperature 50.0"
+    assert not alert.active, "the condition no longer holds at the end of the batch (keep_firing_for runs)"

@@ -98,10 +98,15 @@ class CompiledRule:
 
 
 def _last_per_id(df: pl.DataFrame) -> pl.DataFrame:
-    return (
-        df.with_columns(pl.col(ACTIVE).any().over(ID).alias(SEEN))
-        .unique(subset=[ID], keep="last", maintain_order=True)
-    )
+    """One row per identity: ``SEEN`` if any of its records met the condition, ``ACTIVE`` as its last record
+    has it, and the values of the last record that met the condition (those an alert's text shows), or of
+    its last record if none did."""
+    df = df.with_columns(pl.col(ACTIVE).any().over(ID).alias(SEEN))
+    last = df.unique(subset=[ID], keep="last", maintain_order=True)
+    if df[ACTIVE].all() or not df[SEEN].any():
+        return last
+    shown = df.filter(pl.col(ACTIVE) | ~pl.col(SEEN)).unique(subset=[ID], keep="last", maintain_order=True)
+    return shown.drop(ACTIVE).join(last.select(ID, ACTIVE), on=ID, how="left", maintain_order="left")
 
 
 class ConditionRule(CompiledRule):
