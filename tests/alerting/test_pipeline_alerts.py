@@ -97,6 +97,20 @@ def test_run_pages_a_webhook_for_readings_and_windows(tmp_path: Path, http_serve
     assert len(got) == 2
 
 
+def test_a_finite_run_notifies_the_groups_still_waiting_at_its_end(tmp_path: Path, http_server: Any) -> None:
+    """A run over a file ends long before a 5-minute group_wait: its end is when they are notified."""
+    url, got = http_server
+    readings = _files(tmp_path, url)
+    (tmp_path / "rules.yaml").write_text((tmp_path / "rules.yaml").read_text().replace("group_wait: 0s",
+                                                                                        "group_wait: 5m"))
+    done = _tidegauge(tmp_path, "run", "pipeline.yaml")
+    assert done.returncode == 0, done.stderr
+    assert "notifications: 2 sent, 0 failed, 0 waiting" in " ".join(done.stdout.split())
+    by_rule = {p["groupLabels"]["alertname"]: p for p in got}
+    hot = sorted(readings.filter(pl.col("temperature") > 30)["sensor_id"].unique().to_list())
+    assert sorted(by_rule) == ["Hot", "HotWindow"] and _sensors(by_rule["Hot"]) == hot
+
+
 def test_a_receiver_that_is_down_never_fails_the_pipeline(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

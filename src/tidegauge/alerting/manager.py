@@ -478,6 +478,21 @@ class AlertManager:
                 "notifications_dropped_total": dict(st.dropped),
             }
 
+    def flush_now(self, now_us: int | None = None) -> int:
+        """Notify now every group still inside its ``group_wait`` (never notified yet); how many there were.
+
+        For the end of a finite run (``tidegauge run`` over a file): there is no later for the wait to end in.
+        Groups already notified keep their ``group_interval`` (their next notification is a change's).
+        """
+        with self._lock:
+            now = self._now(now_us)
+            waiting = [g for g in self.groups.values() if g.next_flush > now and g.last_notify is None]
+            for g in waiting:
+                g.next_flush = now
+            if waiting:
+                self._step(now)
+            return len(waiting)
+
     def close_delivery(self) -> None:
         """Stop the delivery workers after one last attempt at what is due (idempotent; :meth:`close` calls it)."""
         if self._delivery_closed:

@@ -120,7 +120,11 @@ class PipelineAlerting:
         return (f"alerts: {states}; notifications: {c.get('sent', 0)} sent, {c.get('failed', 0)} failed, "
                 f"{c.get('pending', 0)} waiting for retry")
 
-    def close(self) -> None:
+    def close(self, *, flush: bool = False) -> None:
+        """Stop delivery (after one last attempt at what is due); ``flush``: first notify the groups still
+        waiting out ``group_wait`` (a finite run's end)."""
+        if flush:
+            self.manager.flush_now()
         self.manager.close_delivery()
         self._closed_summary = self.summary()
         self.manager.close()

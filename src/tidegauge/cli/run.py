@@ -55,7 +55,10 @@ def run(
     if built.alerting is not None:
         built.alerting.attach(runner)
 
+    signalled: list[int] = []
+
     def _stop(signum: int, frame: object) -> None:
+        signalled.append(signum)
         runner.stop()
 
     signal.signal(signal.SIGINT, _stop)
@@ -67,7 +70,9 @@ def run(
             result = asyncio.run(_run_with_progress(runner, built.flow, console))
     finally:
         if built.alerting is not None:
-            built.alerting.close()  # delivers what is due once more, then stops the delivery threads
+            # a run that ended on its own (its sources are done) has no later for group_wait to end in:
+            # notify what waits; then deliver what is due once more and stop the delivery threads
+            built.alerting.close(flush=not signalled)
     if not quiet:
         _summary(console, config.name, built.flow, result, built.alerting)
 
