@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from tidegauge.connectors.http import HttpIngestSource
+from tidegauge.dataflow.metrics import reason_class
 
 __all__ = ["FlowCollector", "LatencyTracker", "ServerMetrics", "source_pressure"]
 
@@ -53,6 +54,34 @@ class ServerMetrics:
         self.log_append = Histogram("tidegauge_intake_append_seconds",
                                     "Time to append a request to the intake log (group-committed fsync)",
                                     buckets=_LATENCY_BUCKETS, registry=registry)
+        # labelled children looked up once: ``labels()`` costs a lock and a dict lookup per call, several
+        # times per request on the server's busiest thread
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._accepted = self.ingested.labels("accepted")
+        self._rejected = self.ingested.labels("rejected")
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its handling time."""
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.request_seconds.labels(route))
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def refuse(self, cause: str) -> None:
+        """Count a request refused before its records were read (``overloaded``, ``rate_limited``, ...)."""
+        self.refused.labels(cause).inc()
+
+    def appended(self, seconds: float, accepted: int, reasons: list[str]) -> None:
+        """Count one request's records appended to the intake log (``reasons``: one per reject)."""
+        self.log_append.observe(seconds)
+        if accepted:
+            self._accepted.inc(accepted)
+        if reasons:
+            self._rejected.inc(len(reasons))
+            for reason in reasons:
+                self.rejected.labels(reason_class(reason)).inc()
 
 
 class FlowCollector(Collector):
