@@ -9,14 +9,17 @@ accepted records (the request's bytes as they came, once validated); kind 2: msg
 ``[reason, payload]`` rejects. A position is a global byte offset over all segments. A torn tail (partial
 frame or bad checksum: never acknowledged) is cut off when the log is opened.
 
-Fsync policy (``durability``)
------------------------------
-``"fsync"``: an append returns once its bytes are on stable storage. Appends are written at once (one
-gathered ``writev`` of the frame headers and the request bytes, not copied), then the first waiting
-request fsyncs, in a worker thread, everything written so far, and every request written meanwhile finds
-itself covered by that one ``fsync`` or the next (group commit across requests: under load one fsync
-per group of requests, idle one per request). ``"os"``: an append returns once written to the operating
-system (survives a crash of the process, not of the machine).
+Fsync policy (``durability``) and the writer thread
+----------------------------------------------------
+Appends are done by one writer thread per log (started at the first append): a request queues a job and
+awaits its future; the writer takes every job queued meanwhile, runs each one's ``prepare`` (the server
+validates the body there: :meth:`IntakeLog.append_prepared`), writes its frames (one gathered ``writev`` of
+the frame headers and the request bytes, not copied), then, with ``"fsync"``, makes the whole group
+durable with one ``fsync`` (group commit across requests: under load one fsync per group of requests,
+idle one per request), and answers the group with one callback per event loop. An append returns once
+its bytes are on stable storage (``"fsync"``) or written to the operating system (``"os"``: survives a
+crash of the process, not of the machine). The event loop's share of an append is queueing the job and
+setting its future: no thread-pool hop, no asyncio lock, no wake-up per request.
 
 Hand-off in memory
 ------------------
@@ -33,25 +36,30 @@ what the flow sees does not depend on which path served it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mmap
 import os
+import queue
 import struct
 import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
 from tidegauge.checkpoint._fs import fsync_dir
 from tidegauge.errors import ConnectorError
 
-__all__ = ["ACCEPTED", "REJECTED", "Frame", "IntakeLog"]
+__all__ = ["ACCEPTED", "REJECTED", "Entry", "Frame", "IntakeLog"]
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 _HEADER = struct.Struct("<II")  # length of the body (kind byte + payload), crc32 of the body
 ACCEPTED, REJECTED = 1, 2
@@ -65,6 +73,18 @@ _CACHE_BYTES = 64 * 1024 * 1024
 server's default backpressure limit lets pile up (``max_lag_bytes``, 16 MiB of log: about 40 MiB with the
 HTTP source's decoded columns), so that a flow the server still accepts records for reads them all from
 memory; the oldest beyond it are dropped (and read from the file when needed)."""
+
+
+class Entry(NamedTuple):
+    """One request's records to append (see :meth:`IntakeLog.append`)."""
+
+    accepted: bytes
+    """NDJSON of the accepted records"""
+    n_accepted: int
+    rejects: list[tuple[str, str]]
+    """``(reason, payload)`` of each rejected record"""
+    decoded: object | None = None
+    """another form of the accepted records, for the reader in memory (never written)"""
 
 
 class Frame(NamedTuple):
@@ -121,8 +141,11 @@ class IntakeLog:
         # the segment list and the tail file are shared by the server (appending) and the flow (reading,
         # truncating), which may run in another thread (tidegauge.server.flowthread)
         self._lock = threading.Lock()
-        self._sync_lock = asyncio.Lock()
         self._closing = False
+        # appends: (prepare, loop, future) jobs for the writer thread, started at the first append
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], tuple[Entry, Any]], asyncio.AbstractEventLoop,
+                                            asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop | None, asyncio.Event]] = []
         # recent frames as (start offset, end offset, frame), contiguous, for the reader (under _lock)
         self.cache_bytes = cache_bytes
@@ -174,17 +197,89 @@ class IntakeLog:
         Returns the log offset after the request. Raises ``OSError`` if it could not be written (nothing
         of it is then in the log).
         """
-        frames: list[Frame] = []
-        if n_accepted:
-            frames.append(Frame(ACCEPTED, accepted, n_accepted, decoded))
-        if rejects:
-            frames.append(Frame(REJECTED, msgspec.msgpack.encode(rejects), len(rejects), None))
-        if not frames:
-            return self.end
+        entry = Entry(accepted, n_accepted, rejects, decoded)
+        end, _ = await self.append_prepared(lambda: (entry, None))
+        return end
+
+    async def append_prepared(self, prepare: Callable[[], tuple[Entry, R]]) -> tuple[int, R]:
+        """Run ``prepare()`` in the log's writer thread and append the :class:`Entry` it returns; durable
+        on return. Returns the log offset after it and ``prepare``'s other value.
+
+        The writer thread (see *Writer thread*) runs ``prepare``, writes, and fsyncs a group of appends at
+        once; the caller's event loop only queues the job and takes the answer. Whatever ``prepare`` raises
+        is raised here (nothing is then written); ``OSError`` if the entry could not be written.
+        """
         if self._closing:
             raise OSError(f"intake log {self.dir} is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, R]] = loop.create_future()
+        if self._writer is None:
+            self._start_writer()
+        self._jobs.put((prepare, loop, fut))
+        return await fut
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name=f"intake-writer-{self.dir.name}",
+                                                daemon=True)
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        """The writer thread: takes every queued job, runs and writes them in order, then one fsync for
+        the group, then answers each job's loop with one callback."""
+        jobs = self._jobs
+        while True:
+            group = [jobs.get()]  # blocks without the GIL
+            while True:
+                try:
+                    group.append(jobs.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
+            done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], bool, Any]] = []
+            written = self.end
+            for job in group:
+                if job is None:  # close(): the jobs queued before it are written, any after it refused
+                    stop = True
+                    continue
+                prepare, loop, fut = job
+                try:
+                    if stop:
+                        raise OSError(f"intake log {self.dir} is closed")
+                    entry, extra = prepare()
+                    written = self._write(entry)
+                except BaseException as exc:  # handed to the waiting request
+                    done.append((loop, fut, False, exc))
+                else:
+                    done.append((loop, fut, True, (written, extra)))
+            if any(ok for _, _, ok, _ in done) and written > self.durable:
+                try:
+                    if self.durability == "fsync":
+                        os.fsync(self._fd)
+                        self.syncs += 1
+                    with self._lock:
+                        self.durable = max(self.durable, written)
+                except OSError as exc:
+                    # written but not known durable: refused (a later fsync may still cover them; the
+                    # client retries, the flow may see them twice: at-least-once for these only)
+                    done = [(lp, f, False, exc) if ok else (lp, f, ok, v) for lp, f, ok, v in done]
+                self._notify()
+            _answer(done)
+            if stop:
+                return
+
+    def _write(self, entry: Entry) -> int:
+        """Write one entry's frames (in the writer thread); the log offset after them."""
+        frames: list[Frame] = []
+        if entry.n_accepted:
+            frames.append(Frame(ACCEPTED, entry.accepted, entry.n_accepted, entry.decoded))
+        if entry.rejects:
+            frames.append(Frame(REJECTED, msgspec.msgpack.encode(entry.rejects), len(entry.rejects), None))
+        if not frames:
+            return self.end
         if self.end - self._segments[-1] >= self.segment_bytes:
-            await self._roll()
+            self._roll()
         parts = [piece for fr in frames for piece in _frame(fr.kind, fr.payload)]
         size = sum(len(p) for p in parts)
         with self._lock:
@@ -194,13 +289,8 @@ class IntakeLog:
             end = self.end
             if self.cache_bytes:
                 self._remember(start, frames)
-        self.records_appended += n_accepted + len(rejects)
+        self.records_appended += entry.n_accepted + len(entry.rejects)
         self._times.append((end, time.perf_counter()))
-        if self.durability == "fsync":
-            await self._sync(end)
-        else:
-            self.durable = max(self.durable, end)
-        self._notify()
         return end
 
     def _remember(self, start: int, frames: list[Frame]) -> None:
@@ -217,28 +307,15 @@ class IntakeLog:
         while self._recent_bytes > self.cache_bytes and recent:
             self._recent_bytes -= _held(recent.popleft()[2])
 
-    async def _sync(self, end: int) -> None:
-        # group commit: whoever holds the lock fsyncs everything written so far, the others find it done
-        async with self._sync_lock:
-            if self.durable >= end:
-                return
-            target, fd = self.end, self._fd
-            await asyncio.to_thread(os.fsync, fd)
-            self.syncs += 1
-            self.durable = max(self.durable, target)
-
-    async def _roll(self) -> None:
-        # under the sync lock: no fsync of the old file is in flight while it is closed
-        async with self._sync_lock:
-            if self.end - self._segments[-1] < self.segment_bytes:
-                return
-            old = self._fd
-            if self.durability == "fsync":
-                await asyncio.to_thread(os.fsync, old)  # the old segment's tail, before its file is left
-            with self._lock:
-                self._segments.append(self.end)
-                self._fd = self._open_tail()
-            os.close(old)
+    def _roll(self) -> None:
+        """Start a new segment (in the writer thread: no write or fsync of the old file is in flight)."""
+        old = self._fd
+        if self.durability == "fsync":
+            os.fsync(old)  # the old segment's tail, before its file is left
+        with self._lock:
+            self._segments.append(self.end)
+            self._fd = self._open_tail()
+        os.close(old)
 
     def _writev(self, parts: list[bytes], size: int) -> None:
         written = 0
@@ -255,20 +332,16 @@ class IntakeLog:
             raise
 
     def _notify(self) -> None:
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
+        """Wake the readers (from the writer thread), once per group of appends."""
         for loop, ev in list(self._waiters):
             if ev.is_set():
                 # not consumed yet: the reader has not gone back to waiting (it clears the event, then
                 # checks ``durable`` again before it waits). Skipping spares a busy flow thread a wake-up
-                # (and the GIL hand-over) per request
+                # (and the GIL hand-over) per group
                 continue
-            if loop is here and loop is not None:
-                ev.set()
-            elif loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(ev.set)
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    loop.call_soon_threadsafe(ev.set)
 
     def add_waiter(self, event: asyncio.Event) -> None:
         """Have ``event`` set (in the event loop running now) whenever new records become durable.
@@ -362,14 +435,47 @@ class IntakeLog:
             self.start = self._segments[0]
 
     def close(self) -> None:
-        """Close the tail file (appends after this raise ``OSError``)."""
+        """Close the tail file (appends after this raise ``OSError``; those queued before it are written)."""
         if self._closing:
             return
         self._closing = True
+        writer = self._writer
+        if writer is not None:
+            self._jobs.put(None)
+            writer.join()
+        leftover: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], bool, Any]] = []
+        while True:  # queued after the writer stopped: refused
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftover.append((job[1], job[2], False, OSError(f"intake log {self.dir} is closed")))
+        _answer(leftover)
         os.close(self._fd)
         with self._lock:
             self._recent.clear()
             self._recent_bytes = 0
+
+
+def _answer(done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], bool, Any]]) -> None:
+    """Settle the waiting requests' futures: one callback per event loop, not one per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for loop, fut, ok, value in done:
+        by_loop.setdefault(loop, []).append((fut, ok, value))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop was closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():  # cancelled (the client went away): the append stands all the same
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
 
 
 def _held(fr: Frame) -> int:

@@ -2,9 +2,9 @@
 
 Order of checks for a request, cheapest first: token (401/403), rate limit per token (429 +
 ``Retry-After``), declared size (413), pipeline saturated (503 + ``Retry-After``), body read with the size
-limit (413), then every record validated (:mod:`tidegauge.server.validation`; a big body in a worker
-thread, the compiled reader not holding the GIL). Accepted records *and*
-rejected ones (with reason and payload) are appended to the intake log, the accepted ones also in their
+limit (413), then every record validated (:mod:`tidegauge.server.validation`) in the intake log's writer
+thread (the compiled reader not holding the GIL), which appends accepted records *and*
+rejected ones (with reason and payload) to the log, the accepted ones also in their
 decoded form for the flow to take in memory (see :mod:`tidegauge.connectors.http`, *Hand-off*); the
 answer is sent only once that append is durable, so an accepted record is never lost after the 2xx, and
 each reject reaches the flow's dead-letter output (the dead-letter count equals the count of rejects).
@@ -15,7 +15,6 @@ body held records and every one was rejected.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from tidegauge.connectors.intake import Entry
 from tidegauge.server.auth import Principal
 from tidegauge.server.validation import ValidationResult
 
@@ -38,10 +38,6 @@ __all__ = ["ingest_asgi", "ingest_http", "ingest_ws"]
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
-_VALIDATE_IN_THREAD_BYTES = 64 * 1024
-"""Bodies at least this big are validated in a worker thread (about 400 readings; 0.1 ms of work and up):
-below it the hop costs about as much as it frees. Measured on 1,000-reading bodies: ~15% more readings/s
-with 8 connections (``benchmarks/http_ingest.py``), for ~3% more CPU."""
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -161,14 +157,8 @@ async def _ingest(state: ServerState, authorization: str | None, declared: str |
         return _refusal_answer(413, f"body is over the limit of {state.body_limit} bytes")
     except ClientDisconnect:
         return _refusal_answer(400, "client disconnected before sending the whole body")
-    if len(body) >= _VALIDATE_IN_THREAD_BYTES:
-        # the compiled reader runs without the GIL: in a worker thread, the event loop goes on with other
-        # requests meanwhile (on the second core) instead of waiting for it
-        result = await asyncio.to_thread(state.validator.validate, body, ctype, sensors=principal.sensors)
-    else:
-        result = state.validator.validate(body, ctype, sensors=principal.sensors)
     try:
-        await _append(state, result)
+        result = await _validate_and_append(state, body, ctype, principal.sensors)
     except OSError as exc:
         logger.error("intake log append failed: %s", exc)
         return _refusal_answer(503, "the intake log cannot be written; retry later",
@@ -177,18 +167,29 @@ async def _ingest(state: ServerState, authorization: str | None, declared: str |
     return status, _encode(_answer(result)), None
 
 
-async def _append(state: ServerState, result: ValidationResult) -> None:
+async def _validate_and_append(state: ServerState, body: bytes, ctype: str | None,
+                               sensors: frozenset[str] | None) -> ValidationResult:
+    """Validate ``body`` and append its records to the intake log, both in the log's writer thread (the
+    compiled reader runs without the GIL; the event loop goes on with other requests meanwhile); returns
+    once the records are durable."""
     if state.source is None:
         raise OSError("no http source")
+    validator = state.validator
+
+    def prepare() -> tuple[Entry, ValidationResult]:
+        result = validator.validate(body, ctype, sensors=sensors)
+        # the validated records go to the flow in memory with the frame (the compiled reader's columns,
+        # or msgspec's records packed): the flow does not parse them again
+        decoded: object | None = result.columns
+        if decoded is None and result.records:
+            decoded = validator.codec.pack(result.records)
+        return Entry(result.ndjson, result.accepted, [(r.reason, r.payload) for r in result.rejects],
+                     decoded), result
+
     t0 = time.perf_counter()
-    # the validated records go to the flow in memory with the frame (the compiled reader's columns, or
-    # msgspec's records packed): the flow does not parse them again
-    decoded: object | None = result.columns
-    if decoded is None and result.records:
-        decoded = state.validator.codec.pack(result.records)
-    await state.source.open_log().append(result.ndjson, result.accepted,
-                                         [(r.reason, r.payload) for r in result.rejects], decoded=decoded)
+    _, result = await state.source.open_log().append_prepared(prepare)
     state.metrics.appended(time.perf_counter() - t0, result.accepted, [r.reason for r in result.rejects])
+    return result
 
 
 def _answer(result: ValidationResult) -> dict[str, Any]:
@@ -224,8 +225,7 @@ async def ingest_ws(ws: WebSocket) -> None:
             if refusal is not None:
                 await ws.send_bytes(_encode({"seq": seq, **refusal}))
             else:
-                result = state.validator.validate(data, None, sensors=principal.sensors)
-                await _append(state, result)
+                result = await _validate_and_append(state, data, None, principal.sensors)
                 await ws.send_bytes(_encode({"seq": seq, **_answer(result)}))
             seq += 1
     except WebSocketDisconnect:

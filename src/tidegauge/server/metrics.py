@@ -52,7 +52,8 @@ class ServerMetrics:
                              "From records durable in the intake log to processed by the flow",
                              buckets=_LATENCY_BUCKETS, registry=registry)
         self.log_append = Histogram("tidegauge_intake_append_seconds",
-                                    "Time to append a request to the intake log (group-committed fsync)",
+                                    "Time to validate a request's records and append them to the intake log "
+                                    "(in the log's writer thread; group-committed fsync)",
                                     buckets=_LATENCY_BUCKETS, registry=registry)
         # labelled children looked up once: ``labels()`` costs a lock and a dict lookup per call, several
         # times per request on the server's busiest thread
