@@ -34,7 +34,7 @@ import polars as pl
 
 from tidegauge._time import timestamp_column_to_micros
 from tidegauge.checkpoint.codec import ArrayBlob, pack_array, unpack_array
-from tidegauge.dataflow.base import KEY_ID, TS
+from tidegauge.dataflow.base import KEY_ID, TS, with_series
 from tidegauge.dataflow.keys import KeyDictionary, KeyDictionarySnapshot
 
 __all__ = ["Batch", "Detector", "DetectorLogic", "DetectorSnapshot"]
@@ -296,11 +296,12 @@ class DetectorLogic:
         """Write scores into ``out`` (when ``score``) and update state (when ``learn``)."""
 
     def _output(self, batch: Batch, scores: np.ndarray) -> pl.DataFrame:
-        return batch.df.with_columns(
+        name = pl.Series("detector", [self.definition.name], dtype=pl.String)
+        return with_series(batch.df, [  # eagerly: see tidegauge.dataflow.base.without_columns
             pl.Series("score", scores, dtype=pl.Float64),
             pl.Series("is_anomaly", self.flags(batch, scores), dtype=pl.Boolean),
-            pl.lit(self.definition.name, dtype=pl.String).alias("detector"),
-        )
+            name.new_from_index(0, batch.height),
+        ])
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         """Score ``df`` against the current state, without learning."""

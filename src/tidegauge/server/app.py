@@ -358,7 +358,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         mode = "loop"
     flow_task, stop_flow = start_flow(runner, mode)
     server_task = asyncio.create_task(uv.serve())
-    tracker = asyncio.create_task(LatencyTracker(runner, state.sources, state.metrics.e2e).run())
+    LatencyTracker(runner, state.sources, state.metrics.e2e).attach()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals and threading.current_thread() is \
         threading.main_thread() else ()
@@ -376,9 +376,6 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
                 await server_task
         finally:  # even if uvicorn raised SystemExit (a port in use): the flow must not run on alone
             stop_flow()
-            tracker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tracker
             for sig in signals:
                 loop.remove_signal_handler(sig)
     return await flow_task
