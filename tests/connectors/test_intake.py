@@ -176,7 +176,7 @@ def test_prepare_runs_in_the_writer_thread_and_its_error_writes_nothing(tmp_path
         await log.append(_line(2), 1, [])
 
     asyncio.run(main())
-    assert seen and seen[0].startswith("intake-writer") and seen[0] != threading.current_thread().name
+    assert seen and seen[0].startswith("intake-") and seen[0] != threading.current_thread().name
     assert [p for _, p in _read_all(log)] == [_line(1), _line(2)]
     log.close()
 

@@ -2,9 +2,9 @@
 
 Order of checks for a request, cheapest first: token (401/403), rate limit per token (429 +
 ``Retry-After``), declared size (413), pipeline saturated (503 + ``Retry-After``), body read with the size
-limit (413), then every record validated (:mod:`tidegauge.server.validation`) in the intake log's writer
-thread (the compiled reader not holding the GIL), which appends accepted records *and*
-rejected ones (with reason and payload) to the log, the accepted ones also in their
+limit (413), then every record validated (:mod:`tidegauge.server.validation`) in one of the intake log's
+threads (the compiled reader not holding the GIL; :mod:`tidegauge.connectors.intake`), which append
+accepted records *and* rejected ones (with reason and payload) to the log, the accepted ones also in their
 decoded form for the flow to take in memory (see :mod:`tidegauge.connectors.http`, *Hand-off*); the
 answer is sent only once that append is durable, so an accepted record is never lost after the 2xx, and
 each reject reaches the flow's dead-letter output (the dead-letter count equals the count of rejects).
@@ -169,9 +169,9 @@ async def _ingest(state: ServerState, authorization: str | None, declared: str |
 
 async def _validate_and_append(state: ServerState, body: bytes, ctype: str | None,
                                sensors: frozenset[str] | None) -> ValidationResult:
-    """Validate ``body`` and append its records to the intake log, both in the log's writer thread (the
-    compiled reader runs without the GIL; the event loop goes on with other requests meanwhile); returns
-    once the records are durable."""
+    """Validate ``body`` and append its records to the intake log, both in the log's threads (the compiled
+    reader runs without the GIL; the event loop goes on with other requests meanwhile); returns once the
+    records are durable."""
     if state.source is None:
         raise OSError("no http source")
     validator = state.validator

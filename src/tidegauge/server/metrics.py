@@ -51,7 +51,7 @@ class ServerMetrics:
                              buckets=_LATENCY_BUCKETS, registry=registry)
         self.log_append = Histogram("tidegauge_intake_append_seconds",
                                     "Time to validate a request's records and append them to the intake log "
-                                    "(in the log's writer thread; group-committed fsync)",
+                                    "(in the log's threads; group-committed fsync)",
                                     buckets=_LATENCY_BUCKETS, registry=registry)
         # labelled children looked up once: ``labels()`` costs a lock and a dict lookup per call, several
         # times per request on the server's busiest thread
