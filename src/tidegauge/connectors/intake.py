@@ -95,6 +95,25 @@ class Entry(NamedTuple):
     """another form of the accepted records, for the reader in memory (never written)"""
 
 
+class _Framed(NamedTuple):
+    """An :class:`Entry` as frames and the pieces to write (header, payload, ...)."""
+
+    frames: list[Frame]
+    parts: list[bytes]
+    size: int
+    records: int
+
+    @classmethod
+    def of(cls, entry: Entry) -> _Framed:
+        frames: list[Frame] = []
+        if entry.n_accepted:
+            frames.append(Frame(ACCEPTED, entry.accepted, entry.n_accepted, entry.decoded))
+        if entry.rejects:
+            frames.append(Frame(REJECTED, msgspec.msgpack.encode(entry.rejects), len(entry.rejects), None))
+        parts = [piece for fr in frames for piece in _frame(fr.kind, fr.payload)]
+        return cls(frames, parts, sum(len(p) for p in parts), entry.n_accepted + len(entry.rejects))
+
+
 class Frame(NamedTuple):
     """A frame as :meth:`IntakeLog.read_frames` hands it out."""
 
@@ -253,7 +272,10 @@ class IntakeLog:
                 return
             seq, prepare, loop, fut = job
             try:
-                prepared.put((seq, True, prepare(), loop, fut))
+                entry, extra = prepare()
+                # framed here too (the checksum of the whole body, ~0.1 ms a 150 kB body), so that the
+                # writer only writes: fewer GIL hand-overs on the one thread every request goes through
+                prepared.put((seq, True, (_Framed.of(entry), extra), loop, fut))
             except BaseException as exc:  # handed to the waiting request (through the writer, in order)
                 prepared.put((seq, False, exc, loop, fut))
 
@@ -284,19 +306,22 @@ class IntakeLog:
             if stop:  # close(): what is left (behind a job that was never prepared) in queued order
                 ready += [waiting.pop(k) for k in sorted(waiting)]
             done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], bool, Any]] = []
-            wrote = False
+            batch: list[tuple[_Framed, Any, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
             for _seq, ok, value, loop, fut in ready:
-                if not ok:
+                if ok:
+                    batch.append((value[0], value[1], loop, fut))
+                else:
                     done.append((loop, fut, False, value))
-                    continue
-                entry, extra = value
+            wrote = False
+            if batch:
                 try:
-                    end = self._write(entry)
+                    ends = self._write([framed for framed, _, _, _ in batch])
                 except OSError as exc:
-                    done.append((loop, fut, False, exc))
+                    done += [(loop, fut, False, exc) for _, _, loop, fut in batch]
                 else:
                     wrote = True
-                    done.append((loop, fut, True, (end, extra)))
+                    done += [(loop, fut, True, (end, extra))
+                             for end, (_, extra, loop, fut) in zip(ends, batch, strict=True)]
             if wrote:
                 try:
                     if self.durability == "fsync":
@@ -313,29 +338,29 @@ class IntakeLog:
             if stop:
                 return
 
-    def _write(self, entry: Entry) -> int:
-        """Write one entry's frames (in the writer thread); the log offset after them."""
-        frames: list[Frame] = []
-        if entry.n_accepted:
-            frames.append(Frame(ACCEPTED, entry.accepted, entry.n_accepted, entry.decoded))
-        if entry.rejects:
-            frames.append(Frame(REJECTED, msgspec.msgpack.encode(entry.rejects), len(entry.rejects), None))
-        if not frames:
-            return self.end
-        parts = [piece for fr in frames for piece in _frame(fr.kind, fr.payload)]
-        size = sum(len(p) for p in parts)
+    def _write(self, entries: list[_Framed]) -> list[int]:
+        """Write framed entries in one gathered ``writev`` (the writer thread); the log offset after each.
+        If it fails, none of them is in the log."""
         with self._lock:
             if self.end - self._segments[-1] >= self.segment_bytes:
                 self._roll()
-            self._writev(parts, size)
-            start = self.end
-            self.end += size
-            end = self.end
-            if self.cache_bytes:
-                self._remember(start, frames)
-            self.records_appended += entry.n_accepted + len(entry.rejects)
-            self._times.append((end, time.perf_counter()))
-        return end
+            parts = [piece for e in entries for piece in e.parts]
+            size = sum(e.size for e in entries)
+            if size:
+                self._writev(parts, size)
+            ends: list[int] = []
+            now = time.perf_counter()
+            for e in entries:
+                start = self.end
+                self.end += e.size
+                ends.append(self.end)
+                if not e.size:
+                    continue
+                if self.cache_bytes:
+                    self._remember(start, e.frames)
+                self.records_appended += e.records
+                self._times.append((self.end, now))
+        return ends
 
     def _remember(self, start: int, frames: list[Frame]) -> None:
         """Queue just-written frames for the reader (under ``_lock``), dropping the oldest beyond the budget."""
