@@ -253,7 +253,9 @@ class DetectorLogic:
         """Key ids and event times of ``df`` (internal columns, or the definition's ``key``/``time``)."""
         d = self.definition
         if KEY_ID in df.columns:
-            keys = df[KEY_ID].cast(pl.Int64).fill_null(0).to_numpy()
+            ids = df[KEY_ID].cast(pl.Int64)
+            # fill_null only when there are nulls: it runs as an expression on polars' thread pool (~0.1 ms)
+            keys = (ids.fill_null(0) if ids.null_count() else ids).to_numpy()
         elif d.key is not None:
             if d.key not in df.columns:
                 raise ValueError(f"key column {d.key!r} is not in the batch (columns: {df.columns})")
