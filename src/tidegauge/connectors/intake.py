@@ -230,17 +230,19 @@ class IntakeLog:
         of it is then in the log).
         """
         entry = Entry(accepted, n_accepted, rejects, decoded)
-        end, _ = await self.append_prepared(lambda: (entry, None))
+        end, _ = await self.append_prepared(lambda: (entry, None), here=True)
         return end
 
-    async def append_prepared(self, prepare: Callable[[], tuple[Entry, R]]) -> tuple[int, R]:
+    async def append_prepared(self, prepare: Callable[[], tuple[Entry, R]], *, here: bool = False) -> tuple[int, R]:
         """Run ``prepare()`` in one of the log's threads and append the :class:`Entry` it returns; durable
         on return. Returns the log offset after it and ``prepare``'s other value.
 
         See *Fsync policy and the intake threads*: ``prepare`` runs in a preparing thread (two at once),
         the writer thread appends in the order of the calls and fsyncs a group at once; the caller's event
-        loop only queues the job and takes the answer. Whatever ``prepare`` raises is raised here (nothing
-        is then written); ``OSError`` if the entry could not be written.
+        loop only queues the job and takes the answer. ``here=True`` runs ``prepare`` (and the framing) in
+        the calling thread instead, for small jobs: a thread hop costs more than it frees, and adds a
+        wake-up to the request's latency. Whatever ``prepare`` raises is raised here (nothing is then
+        written); ``OSError`` if the entry could not be written.
         """
         if self._closing:
             raise OSError(f"intake log {self.dir} is closed")
@@ -248,7 +250,11 @@ class IntakeLog:
         fut: asyncio.Future[tuple[int, R]] = loop.create_future()
         if self._writer is None:
             self._start_writer()
-        self._jobs.put((next(self._seq), prepare, loop, fut))
+        if here:
+            entry, extra = prepare()
+            self._prepared.put((next(self._seq), True, (_Framed.of(entry), extra), loop, fut))
+        else:
+            self._jobs.put((next(self._seq), prepare, loop, fut))
         return await fut
 
     def _start_writer(self) -> None:
