@@ -112,7 +112,10 @@ def timestamp_column_to_micros(series: pl.Series) -> pl.Series:
     """
     dtype = series.dtype
     if isinstance(dtype, pl.Datetime):
-        return series.dt.cast_time_unit("us").to_physical().cast(pl.Int64)
+        # cast_time_unit only when needed, and a cast to Int64 rather than to_physical: both of those run
+        # as expressions on polars' thread pool (~0.04 ms each), the cast does not (~1 us)
+        micros = series if dtype.time_unit == "us" else series.dt.cast_time_unit("us")
+        return micros.cast(pl.Int64)
     if dtype == pl.Date:
         return series.cast(pl.Datetime("us")).to_physical().cast(pl.Int64)
     if dtype == pl.String:

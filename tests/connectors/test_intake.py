@@ -7,8 +7,9 @@ import threading
 from pathlib import Path
 
 import msgspec
+import pytest
 
-from tidegauge.connectors.intake import ACCEPTED, REJECTED, IntakeLog
+from tidegauge.connectors.intake import ACCEPTED, REJECTED, Entry, IntakeLog
 
 
 def _line(i: int) -> bytes:
@@ -153,3 +154,46 @@ def test_the_memory_queue_is_bounded_and_a_reader_behind_it_reads_the_file(tmp_p
     assert seen == [_line(i) for i in range(200)]  # each exactly once, in order, whichever path served it
     assert log.frames_from_file > 0 and log.frames_from_memory > 0
     log.close()
+
+
+def test_prepare_runs_in_the_writer_thread_and_its_error_writes_nothing(tmp_path: Path) -> None:
+    log = IntakeLog(tmp_path, durability="fsync")
+    seen: list[str] = []
+
+    def prepare() -> tuple[Entry, str]:
+        seen.append(threading.current_thread().name)
+        return Entry(_line(1), 1, []), "extra"
+
+    def broken() -> tuple[Entry, str]:
+        raise ValueError("bad body")
+
+    async def main() -> None:
+        end, extra = await log.append_prepared(prepare)
+        assert extra == "extra" and end == log.durable == log.end
+        with pytest.raises(ValueError, match="bad body"):
+            await log.append_prepared(broken)
+        assert log.end == end  # nothing of the failed job was written
+        await log.append(_line(2), 1, [])
+
+    asyncio.run(main())
+    assert seen and seen[0].startswith("intake-") and seen[0] != threading.current_thread().name
+    assert [p for _, p in _read_all(log)] == [_line(1), _line(2)]
+    log.close()
+
+
+def test_appends_queued_before_close_are_written_and_later_ones_refused(tmp_path: Path) -> None:
+    log = IntakeLog(tmp_path, durability="fsync")
+
+    async def main() -> None:
+        pending = [asyncio.ensure_future(log.append(_line(i), 1, [])) for i in range(50)]
+        await asyncio.sleep(0)  # every append queued
+        await asyncio.to_thread(log.close)
+        ends = await asyncio.gather(*pending, return_exceptions=True)
+        assert all(isinstance(e, int) for e in ends)
+        with pytest.raises(OSError, match="closed"):
+            await log.append(_line(99), 1, [])
+
+    asyncio.run(main())
+    reopened = IntakeLog(tmp_path)
+    assert [p for _, p in _read_all(reopened)] == [_line(i) for i in range(50)]
+    reopened.close()

@@ -15,7 +15,18 @@ import numpy as np
 import polars as pl
 
 from tidegauge._time import format_duration, timestamp_column_to_micros
-from tidegauge.dataflow.base import END_OF_TIME, ERROR, INTERNAL_COLUMNS, KEY_ID, RAW, TS, WM, StepContext
+from tidegauge.dataflow.base import (
+    END_OF_TIME,
+    ERROR,
+    INTERNAL_COLUMNS,
+    KEY_ID,
+    RAW,
+    TS,
+    WM,
+    StepContext,
+    with_series,
+    without_columns,
+)
 from tidegauge.dataflow.partitions import PartitionedSourceClock
 from tidegauge.dataflow.watermark import SourceClock
 
@@ -36,16 +47,16 @@ def ingest_batch(
     """
     internal = [c for c in INTERNAL_COLUMNS if c in df.columns]
     if internal:
-        df = df.drop(internal)
+        df = without_columns(df, internal)
     if ERROR in df.columns:
         bad = df.filter(pl.col(ERROR).is_not_null())
         if bad.height:
             payload = bad.select(pl.col(RAW).alias("payload")) if RAW in bad.columns else bad.drop(ERROR)
             ctx.dead_letter(payload, bad[ERROR])
             df = df.filter(pl.col(ERROR).is_null())
-        df = df.drop([c for c in (ERROR, RAW) if c in df.columns])
+        df = without_columns(df, [c for c in (ERROR, RAW) if c in df.columns])
     elif RAW in df.columns:
-        df = df.drop(RAW)
+        df = without_columns(df, [RAW])
     if not df.height:
         return df
     key, time = ctx.key_column, ctx.time_column
@@ -76,12 +87,12 @@ def ingest_batch(
     if other_watermark < END_OF_TIME:
         wm = np.minimum(wm, other_watermark)
     normalised = [] if df.schema[time] == _UTC_US else [pl.Series(time, ts_np).cast(_UTC_US)]
-    df = df.with_columns(
+    df = with_series(df, [  # eagerly: see tidegauge.dataflow.base.without_columns
         *normalised,
         ctx.keys.encode(df[key]),
         pl.Series(TS, ts_np, dtype=pl.Int64),
         pl.Series(WM, wm, dtype=pl.Int64),
-    )
+    ])
     if future.any():
         fut = pl.Series("future", future)
         limit = format_duration(clock.config.max_future or 0)

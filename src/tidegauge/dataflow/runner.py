@@ -24,6 +24,7 @@ import importlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ class Runner:
         self.restored_from: int | None = None
         self._stop_requested = False
         self._in_dead_letter_pass = False
+        self._progress_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -151,6 +153,12 @@ class Runner:
         ends once they all have, so a finite run still finishes.
         """
         return {sid: c.finished for sid, c in getattr(self, "_clocks", {}).items()}
+
+    def add_progress_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each source batch has gone through the graph (:meth:`positions` then
+        includes it), in the flow's thread: what a server reports from the flow's progress (end-to-end
+        latency) without polling it. A listener must be quick; its errors are logged, never raised."""
+        self._progress_listeners.append(listener)
 
     def stop(self) -> None:
         """Ask a running flow to finish its batch, checkpoint and stop (thread-safe enough for signals)."""
@@ -187,6 +195,11 @@ class Runner:
                         t0 = time.perf_counter()
                         propagated = await self._on_batch(sid, df, now)
                         self._positions[sid] = position
+                        for listener in self._progress_listeners:
+                            try:
+                                listener()
+                            except Exception:  # a listener (metrics) must never stop the flow
+                                logger.exception("progress listener %r failed", listener)
                         spent = time.perf_counter() - t0
                         self.metrics.batches += 1
                         self.metrics.batch_seconds_total += spent

@@ -42,7 +42,7 @@ from tidegauge.connectors.http import FieldType, HttpIngestSource
 from tidegauge.server.auth import Authenticator, Principal, RateLimiter
 from tidegauge.server.config import ServerConfig, resolve_tokens
 from tidegauge.server.flowthread import start_flow
-from tidegauge.server.ingest import error, ingest_http, ingest_ws, json_response
+from tidegauge.server.ingest import error, ingest_asgi, ingest_http, ingest_ws, json_response
 from tidegauge.server.metrics import FlowCollector, LatencyTracker, ServerMetrics
 from tidegauge.server.openapi import openapi_schema
 from tidegauge.server.validation import RecordValidator
@@ -77,12 +77,26 @@ class ServerState:
 
     def authorize(self, header: str | None, scope: str | None) -> Principal | Response:
         """The caller, or the 401/403 answer (``scope=None``: any valid token)."""
+        found = self.authenticate(header, scope)
+        return found if isinstance(found, Principal) else error(*found)
+
+    def authenticate(self, header: str | None, scope: str | None) -> Principal | tuple[int, str]:
+        """The caller, or the status and message of the 401/403 answer (``scope=None``: any valid token)."""
         principal = self.auth.authenticate(header)
         if principal is None:
-            return error(401, "a valid bearer token is needed (Authorization: Bearer <token>)")
+            return 401, "a valid bearer token is needed (Authorization: Bearer <token>)"
         if scope is not None and scope not in principal.scopes and "admin" not in principal.scopes:
-            return error(403, f"token {principal.name!r} lacks the {scope!r} scope")
+            return 403, f"token {principal.name!r} lacks the {scope!r} scope"
         return principal
+
+    def observe(self, scope: Scope, route: str, status: int, elapsed: float) -> None:
+        """Count and time one HTTP request; log it as a JSON line if ``access_log`` is on."""
+        self.metrics.observe_request(route, status, elapsed)
+        if self.config.access_log:
+            # the path only: never the query string (a WebSocket access_token could be in it)
+            fields = {"method": scope.get("method"), "path": scope["path"], "status": status,
+                      "seconds": round(elapsed, 6), "client": (scope.get("client") or ("", 0))[0]}
+            access_logger.info(json.dumps(fields), extra={"access": fields})
 
 
 def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
@@ -159,7 +173,7 @@ def build_app(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] |
         sessions = SessionStore()
         state.auth = SessionAuthenticator(state.auth, sessions)
         routes += [*session_routes(sessions), *live_routes(live, runner, alerts), *dashboard_routes()]
-    app = Starlette(routes=routes)
+    app = _App(routes=routes)
     app.state.tg = state
     app.state.alerts = alerts
     app.state.coordinator = coordinator
@@ -253,15 +267,50 @@ class _ObserveMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - t0
-            m = self.state.metrics
-            m.requests.labels(route, str(status)).inc()
-            m.request_seconds.labels(route).observe(elapsed)
-            if self.state.config.access_log:
-                # the path only: never the query string (a WebSocket access_token could be in it)
-                fields = {"method": scope.get("method"), "path": path, "status": status,
-                          "seconds": round(elapsed, 6), "client": (scope.get("client") or ("", 0))[0]}
-                access_logger.info(json.dumps(fields), extra={"access": fields})
+            self.state.observe(scope, route, status, time.perf_counter() - t0)
+
+
+_INGEST_PATH = "/api/v1/ingest"
+
+
+class _App(Starlette):
+    """Starlette, with ``POST /api/v1/ingest`` carrying an ``Authorization`` header served by
+    :func:`~tidegauge.server.ingest.ingest_asgi` directly: the busiest route skips the middleware stack,
+    the router and the ``Request`` object (the same checks, answers, metrics and access log). Requests
+    without the header (a session cookie, or none: 401) take the full stack."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == _INGEST_PATH and scope["method"] == "POST":
+            authorization = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                    break
+            if authorization is not None:
+                await self._ingest(scope, receive, send, authorization)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _ingest(self, scope: Scope, receive: Receive, send: Send, authorization: str) -> None:
+        state: ServerState = self.state.tg
+        t0 = time.perf_counter()
+        status = 500
+        started = False
+
+        async def send_once(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            status = await ingest_asgi(state, scope, receive, send_once, authorization)
+        except Exception:
+            # what Starlette's ServerErrorMiddleware does for the other routes: a 500, the error logged
+            logger.exception("POST %s failed", _INGEST_PATH)
+            if not started:
+                await error(500, "internal server error")(scope, receive, send)
+        finally:
+            state.observe(scope, _INGEST_PATH, status, time.perf_counter() - t0)
 
 
 async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str] | None = None,
@@ -308,7 +357,7 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         mode = "loop"
     flow_task, stop_flow = start_flow(runner, mode)
     server_task = asyncio.create_task(uv.serve())
-    tracker = asyncio.create_task(LatencyTracker(runner, state.sources, state.metrics.e2e).run())
+    LatencyTracker(runner, state.sources, state.metrics.e2e).attach()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals and threading.current_thread() is \
         threading.main_thread() else ()
@@ -326,9 +375,6 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
                 await server_task
         finally:  # even if uvicorn raised SystemExit (a port in use): the flow must not run on alone
             stop_flow()
-            tracker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tracker
             for sig in signals:
                 loop.remove_signal_handler(sig)
     return await flow_task
