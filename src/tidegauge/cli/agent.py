@@ -78,12 +78,12 @@ def agent(
     """Run the edge agent until Ctrl-C: local pipeline, durable outbox, forwarding upstream."""
     import msgspec
 
+    from tidegauge._size import parse_size
     from tidegauge.edge.agent import DEFAULT_STREAMS, AgentConfig, run_agent
     from tidegauge.edge.jetstream import JetStreamConfig
     from tidegauge.edge.outbox import StreamPolicy
     from tidegauge.edge.uplink import UplinkConfig
     from tidegauge.errors import ConfigError
-    from tidegauge.server.config import parse_size
 
     names = [s.strip() for s in forward.split(",") if s.strip()]
     unknown = [n for n in names if n not in DEFAULT_STREAMS]
