@@ -105,3 +105,24 @@ def test_a_taken_listen_port_is_one_error_line(tmp_path: Path) -> None:
     assert code == 2, log
     assert f"error: --listen 127.0.0.1:{port}: cannot serve /metrics there" in log
     assert "Traceback" not in log
+
+
+def test_launch_config_survives_the_re_exec_encoding() -> None:
+    """What the CLI parsed reaches the lean process unchanged (every field away from its default)."""
+    import msgspec
+
+    from tidegauge.edge.agent import DEFAULT_STREAMS, AgentConfig
+    from tidegauge.edge.jetstream import JetStreamConfig
+    from tidegauge.edge.launch import LaunchConfig
+    from tidegauge.edge.uplink import UplinkConfig
+
+    streams = dict(DEFAULT_STREAMS)
+    streams["readings"] = msgspec.structs.replace(streams["readings"], max_bytes=123, overflow="drop_oldest",
+                                                  max_age="3d")
+    config = AgentConfig(node_id="gw", upstream="nats://x:4222", data_dir="/tmp/x", token="t", streams=streams,
+                         fsync="always", uplink=UplinkConfig(batch_records=17), checkpoint_interval="2s",
+                         heartbeat_interval="3s", sensors=5, rate=1.5, seed=3, limit=9, detect=False,
+                         listen="[::1]:1", location=(1.5, -2.25), labels={"a": "b"}, capacity=4,
+                         follow_assignment=True, jetstream=JetStreamConfig(stream="S", subject="s.x"))
+    launch = LaunchConfig(agent=config, pipeline="p.yaml")
+    assert msgspec.json.decode(msgspec.json.encode(launch), type=LaunchConfig) == launch

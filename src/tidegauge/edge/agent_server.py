@@ -110,8 +110,8 @@ class AgentServer:
         return await route()
 
     async def _metrics(self) -> tuple[int, str, bytes]:
-        # collecting reads the outbox's figures (SQLite): off the event loop, like /status
-        return 200, CONTENT_TYPE_LATEST, await asyncio.to_thread(generate_latest, self.registry)
+        # on the event loop, as the uplink that updates the figures (its error counts gain keys while it runs)
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
     async def _healthz(self) -> tuple[int, str, bytes]:
         return 200, "application/json", _json({"status": "alive", "link": self.agent.uplink.link})
