@@ -48,8 +48,8 @@ class LaunchConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def can_exec() -> bool:
-    """``os.execv`` replaces the process (POSIX); on Windows it starts another one, so the agent stays put."""
-    return os.name == "posix"
+    """``os.execv`` replaces the process (POSIX; on Windows it starts another one) and needs a Python to run."""
+    return os.name == "posix" and bool(sys.executable)
 
 
 def exec_agent(launch: LaunchConfig) -> NoReturn:
