@@ -59,9 +59,11 @@ def exec_agent(launch: LaunchConfig) -> NoReturn:
         fd = os.memfd_create("tidegauge-agent-config", 0)  # no MFD_CLOEXEC: the new program inherits it
     else:
         fd = os.dup(tempfile.TemporaryFile().fileno())  # already unlinked: gone when the agent exits
-    os.write(fd, payload)
+    view = memoryview(payload)
+    while view:  # a file takes it whole in practice; a short write must not cut the config
+        view = view[os.write(fd, view):]
     os.set_inheritable(fd, True)
-    args = [sys.executable, "-m", "tidegauge.edge.launch", "--id", launch.agent.node_id, "--config-fd", str(fd)]
+    args = [sys.executable, "-m", "tidegauge.edge.launch", f"--id={launch.agent.node_id}", f"--config-fd={fd}"]
     sys.stdout.flush()
     sys.stderr.flush()
     logger.debug("agent %s: re-executing as %s", launch.agent.node_id, " ".join(args))
