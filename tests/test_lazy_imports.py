@@ -92,3 +92,17 @@ def test_a_flow_without_detectors_or_windows_never_loads_numba() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "40"]
+
+
+def test_the_agent_cli_and_the_server_package_do_not_import_pyarrow() -> None:
+    """pyarrow (~26 MB resident) is loaded by the HTTP ingest readers when they first build a column.
+
+    The agent's CLI once imported the server package for a size parser, and with it the readers' pyarrow.
+    """
+    code = _AGENT_IMPORTS + (
+        "import tidegauge.server, tidegauge.connectors.http, tidegauge._size\n"
+        "print('pyarrow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"]

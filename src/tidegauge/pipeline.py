@@ -583,7 +583,7 @@ def _http_source(h: HttpSourceSection, base: Path, *, key: str, time: str, name:
     from tidegauge.connectors.http import HttpIngestSource
 
     try:
-        from tidegauge.server.config import parse_size
+        from tidegauge._size import parse_size
     except ImportError as exc:
         from tidegauge.errors import MissingDependencyError
 

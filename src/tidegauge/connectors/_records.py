@@ -27,7 +27,6 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from tidegauge.connectors import _ndjson, _unpack
 
@@ -52,7 +51,6 @@ _KINDS = {"str": _unpack.STR, "float": _unpack.FLOAT, "int": _unpack.INT, "bool"
           "timestamp": _unpack.TIME}
 _POLARS: dict[str, pl.DataType] = {"str": pl.String(), "float": pl.Float64(), "int": pl.Int64(),
                                    "bool": pl.Boolean(), "timestamp": pl.Datetime("us", "UTC")}
-_STRING_VIEW = getattr(pa, "string_view", lambda: None)()  # pyarrow >= 16
 
 
 class Columns(NamedTuple):
@@ -236,12 +234,14 @@ class RecordCodec:
         used = 0
         for buf, row0, n in buffers:
             used = _unpack.gather_strings(buf, values, lengths, valid, f, row0, n, offsets, data, used)
+        import pyarrow as pa  # here, not at import: ~26 MB resident in every process that imports the server
+
         mask = None if not nulls else pa.py_buffer(np.packbits(ok, bitorder="little"))
         array = pa.Array.from_buffers(pa.large_string(), rows, [mask, pa.py_buffer(offsets), pa.py_buffer(data)],
                                       null_count=nulls)
-        if _STRING_VIEW is not None:
+        if hasattr(pa, "string_view"):  # pyarrow >= 16
             # polars keeps strings as views: Arrow makes them about 3x faster than polars converts them
-            array = array.cast(_STRING_VIEW)
+            array = array.cast(pa.string_view())
         series = pl.Series(name, array)
         assert isinstance(series, pl.Series)
         return series

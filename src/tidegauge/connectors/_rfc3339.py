@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from tidegauge._jit import lazy_njit
 
@@ -37,6 +36,8 @@ def parse_rfc3339(column: pl.Series) -> tuple[pl.Series, pl.Series | None]:
     >>> ts.dt.epoch("us").to_list(), missed.to_list()
     ([1767225600000000, 1767225600500000, None], [False, False, True])
     """
+    import pyarrow as pa  # here, not at import: ~26 MB resident in every process that imports the server
+
     arrow = column.to_arrow()
     if not pa.types.is_large_string(arrow.type):  # what polars hands out today; be safe if that changes
         arrow = arrow.cast(pa.large_string())

@@ -323,9 +323,8 @@ async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | Non
                 await t
         stopper.cancel()
         if server is not None:
-            server.should_exit = True
             with contextlib.suppress(Exception):
-                await server.task
+                await server.close()
         await uplink.close()
         outbox.close()
     return result

@@ -3,11 +3,18 @@
 Outbox figures per stream (depth, bytes, age of the oldest record, drops by reason), the uplink's
 (records sent and replayed, batches, errors by kind, link and breaker state, round-trip time), the flow's
 input count and the heartbeats sent.
+
+Served by :class:`AgentServer`, a few lines of HTTP/1.1 on :func:`asyncio.start_server` in the agent's
+event loop: three read-only GET routes do not need an ASGI stack, and uvicorn with starlette (and what
+they import) cost about 10 MB of the idle agent's resident memory, whose goal is under 100 MB. Each
+answer closes its connection (a Prometheus scrape every few seconds gains nothing from keep-alive).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -15,19 +22,20 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 if TYPE_CHECKING:
     from tidegauge.edge.agent import EdgeAgent
 
-__all__ = ["AgentCollector", "agent_app", "start_server"]
+__all__ = ["AgentCollector", "AgentServer", "start_server"]
 
 logger = logging.getLogger(__name__)
 
 _LINK = {"up": 1, "degraded": 0.5, "down": 0}
+_HEAD_LIMIT = 16 * 1024
+"""Longest request line plus headers read (a scraper's or curl's are a few hundred bytes)."""
+_HEAD_TIMEOUT_S = 10.0
+"""A client that has not sent its request head by then is cut off (an idle socket must not stay open)."""
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 class AgentCollector(Collector):
@@ -78,54 +86,100 @@ class AgentCollector(Collector):
                                   value=a.heartbeats_sent)
 
 
-def agent_app(agent: EdgeAgent) -> Starlette:
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(AgentCollector(agent))
+class AgentServer:
+    """``GET /metrics``, ``/healthz``, ``/status`` of ``agent`` on an :class:`asyncio.Server`.
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    Build it with :func:`start_server`; :meth:`close` stops listening and waits for answers in progress.
+    """
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "alive", "link": agent.uplink.link})
+    def __init__(self, agent: EdgeAgent) -> None:
+        self.agent = agent
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(AgentCollector(agent))
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
 
-    async def status(request: Request) -> Response:
-        return JSONResponse(await asyncio.to_thread(agent.status))
+    async def answer(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """Status, content type and body of a request (``path`` without its query string)."""
+        routes = {"/metrics": self._metrics, "/healthz": self._healthz, "/status": self._status}
+        route = routes.get(path)
+        if route is None:
+            return 404, "text/plain; charset=utf-8", b"Not Found"
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain; charset=utf-8", b"Method Not Allowed"
+        return await route()
 
-    return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz), Route("/status", status)])
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        # on the event loop, as the uplink that updates the figures (its error counts gain keys while it runs)
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    async def _healthz(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", _json({"status": "alive", "link": self.agent.uplink.link})
+
+    async def _status(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", _json(await asyncio.to_thread(self.agent.status))
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEAD_TIMEOUT_S)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                return  # a client gone, too slow or sending too much: nothing worth answering
+            method, path = _request_line(head)
+            if not method:
+                status, ctype, body = 400, "text/plain; charset=utf-8", b"Bad Request"
+            else:
+                try:
+                    status, ctype, body = await self.answer(method, path)
+                except Exception:  # an answer's failure must not take the agent down: log it, answer 500
+                    logger.exception("agent server: %s %s failed", method, path)
+                    status, ctype, body = 500, "text/plain; charset=utf-8", b"Internal Server Error"
+            lines = [f"HTTP/1.1 {status} {_REASONS[status]}", f"Content-Type: {ctype}",
+                     f"Content-Length: {len(body)}", "Connection: close"]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            if method != "HEAD":
+                writer.write(body)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._clients.discard(task)
+
+    async def close(self) -> None:
+        """Stop listening, and wait for the answers in progress."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
 
 
-class _Handle:
-    def __init__(self, server: Any, task: asyncio.Task[Any]) -> None:
-        self.server, self.task = server, task
-
-    @property
-    def should_exit(self) -> bool:
-        return bool(self.server.should_exit)
-
-    @should_exit.setter
-    def should_exit(self, value: bool) -> None:
-        self.server.should_exit = value
+def _request_line(head: bytes) -> tuple[str, str]:
+    """Method and path (query string dropped) of a request head; ``("", "")`` when it is not HTTP."""
+    first = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = first.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return "", ""
+    return parts[0], parts[1].split("?", 1)[0]
 
 
-async def start_server(agent: EdgeAgent, listen: str) -> _Handle:
-    """Serve :func:`agent_app` on ``host:port`` in this event loop (signals are left to the caller)."""
-    import contextlib
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    import uvicorn
 
+async def start_server(agent: EdgeAgent, listen: str) -> AgentServer:
+    """Serve ``agent``'s /metrics, /healthz and /status on ``host:port`` in this event loop."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"listen={listen!r}: use host:port, e.g. 127.0.0.1:8781")
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            yield
-
-    server = _Server(uvicorn.Config(agent_app(agent), host=host, port=int(port), log_level="warning",
-                                    # no WebSocket routes here: "none" spares importing a WebSocket library
-                                    access_log=False, lifespan="off", ws="none"))
-    # bind here: a taken port is a clear error instead of uvicorn exiting the process from inside a task
+    host = host.strip("[]")  # [::1]:8781
+    # bind here: a taken port is a clear error naming the flag
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -133,5 +187,6 @@ async def start_server(agent: EdgeAgent, listen: str) -> _Handle:
     except OSError as exc:
         sock.close()
         raise OSError(f"--listen {listen}: cannot serve /metrics there: {exc.strerror}") from None
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    return _Handle(server, task)
+    server = AgentServer(agent)
+    server._server = await asyncio.start_server(server._client, sock=sock, limit=_HEAD_LIMIT)
+    return server

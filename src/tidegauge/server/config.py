@@ -42,6 +42,7 @@ from typing import Literal
 
 import msgspec
 
+from tidegauge._size import parse_size
 from tidegauge._time import parse_duration
 from tidegauge.errors import ConfigError
 
@@ -63,8 +64,6 @@ __all__ = [
 Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
 _Strict = {"forbid_unknown_fields": True, "frozen": True}
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
-_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
 
 
 class TokenConfig(msgspec.Struct, **_Strict):
@@ -201,20 +200,6 @@ class ServerConfig(msgspec.Struct, **_Strict):
     @property
     def body_limit(self) -> int:
         return parse_size(self.max_body_bytes, name="server.max_body_bytes")
-
-
-def parse_size(value: int | str, *, name: str = "size") -> int:
-    """Bytes from ``1048576``, ``"512KiB"``, ``"8MiB"``, ``"1GB"``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    else:
-        m = _SIZE.match(str(value))
-        if m is None:
-            raise ConfigError(f"{name}={value!r}: use a number of bytes or e.g. '512KiB', '8MiB'")
-        n = int(m.group(1)) * _UNITS[m.group(2)]
-    if n < 1:
-        raise ConfigError(f"{name}={value!r}: must be at least 1 byte")
-    return n
 
 
 def hash_token(token: str) -> str:
