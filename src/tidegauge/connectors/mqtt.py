@@ -214,6 +214,7 @@ class MqttSourceLogic:
         c.connect_async(d.connection.host, d.connection.port, keepalive=d.connection.keepalive)
         self._io = AsyncioPaho(c, reconnect_min=d.connection.reconnect_min,
                                reconnect_max=d.connection.reconnect_max, name=d.name)
+        self._io.fast = self._on_qos0
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -246,8 +247,15 @@ class MqttSourceLogic:
             logger.warning("mqtt source %s: disconnected (%s); reconnecting with backoff", self._d.name, rc)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self._add(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _on_qos0(self, topic: str, payload: bytes) -> bool:
+        """A QoS 0 message read past paho (see :mod:`tidegauge.connectors._mqtt_loop`)."""
+        return self._add(topic, payload, 0, 0)
+
+    def _add(self, topic: str, payload: bytes, mid: int, qos: int) -> bool:
         buf = self._buf
-        buf.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._gen))
+        buf.append((topic, payload, mid, qos, self._gen))
         if len(buf) >= self._d.buffer:
             # backpressure: stop reading the socket (paho hands over one packet per read, so the buffer
             # never passes its bound); the broker queues until next_batch takes messages out
@@ -256,6 +264,7 @@ class MqttSourceLogic:
         if len(buf) >= self._want and self._waiter is not None:
             self._waiter.set()
             self._waiter = None
+        return not self.paused
 
     # -- the flow's side -------------------------------------------------------------------------
     async def _wait(self, want: int, timeout: float) -> None:
