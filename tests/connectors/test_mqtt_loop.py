@@ -4,12 +4,19 @@ The framing tests need no broker: a fake socket hands over a recorded stream in 
 the reader is driven as :class:`~tidegauge.connectors._mqtt_loop.AsyncioPaho` drives it (QoS 0 PUBLISH
 packets taken directly, every other packet read the way paho reads one: command byte, length bytes one by
 one, then the body). The broker tests run against Mosquitto: QoS 0 and QoS 1 interleaved on one
-subscription (both paths in one stream), and backpressure on the QoS 0 path.
+subscription (both paths in one stream), backpressure on the QoS 0 path, and reconnecting (with backoff,
+subscribing again) to a broker that was not there at first and is then restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -237,3 +244,77 @@ def test_qos0_intake_pauses_at_the_buffer_bound_and_loses_nothing(tmp_path: Path
     assert seen["paused"] is True
     assert seen["max_buf"] <= buffer
     assert sorted(sink.to_frame()["seq"].to_list()) == list(range(n))
+
+
+@contextlib.contextmanager
+def _broker_on(tmp: Path, port: int) -> Iterator[None]:
+    """A Mosquitto on ``port`` (the same port again after a restart, unlike ``private_mosquitto``)."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    conf = tmp / f"restart-{port}.conf"
+    conf.write_text(f"user root\npersistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+                    "max_queued_messages 0\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _publish_all(port: int, topic: str, seqs: range) -> None:
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    infos = [pub.publish(f"{topic}/s{i % 3}", _reading(i), qos=1) for i in seqs]
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+@pytest.mark.server
+def test_the_source_reconnects_with_backoff_and_subscribes_again(tmp_path: Path) -> None:
+    require("mosquitto")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    topic = unique("re")
+    # no broker yet: the first attempts are refused and retried (0.1 s, 0.2 s, 0.4 s, ...)
+    source = MqttSource(f"{topic}/+", connection=MqttConnection(port=port, reconnect_min=0.1, reconnect_max=0.5),
+                        qos=1, template=f"{topic}/{{sensor_id}}")
+    sink = MemorySink()
+    flow = Flow("mqtt-reconnect")
+    flow.source(source).sink(sink)
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(1500):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        runner = flow.runner(max_delay="1ms")
+        task = asyncio.create_task(runner.run_async())
+        await asyncio.sleep(0.5)
+        assert source.logic is not None and not source.logic.subscribed.is_set()
+        with _broker_on(tmp_path, port):
+            await until(source.logic.subscribed.is_set)
+            await asyncio.to_thread(_publish_all, port, topic, range(0, 500))
+            await until(lambda: rows_in(sink) >= 500)
+        source.logic.subscribed.clear()  # the broker is gone; a new one must get a new subscription
+        await asyncio.sleep(0.5)
+        with _broker_on(tmp_path, port):
+            await until(source.logic.subscribed.is_set)
+            await asyncio.to_thread(_publish_all, port, topic, range(500, 1000))
+            await until(lambda: rows_in(sink) >= 1000)
+            runner.stop()
+            await task
+
+    asyncio.run(main())
+    assert sorted(sink.to_frame()["seq"].to_list()) == list(range(1000))

@@ -40,9 +40,11 @@ _READ_CHUNK = 32 * 1024
 while a reader callback stays short (a few ms of paho's work at most) and the flow is not held up."""
 _MISC_INTERVAL_S = 1.0
 """How often ``loop_misc`` runs (keepalive pings, ping timeouts); paho's own loop does it about every second."""
-_PACKETS_PER_CALLBACK = 2_000
-"""Most steps (a run of QoS 0 messages, one other packet, or a read) per reader callback before yielding to
-the event loop; what is still buffered is taken up at once in the next iteration."""
+_READS_PER_CALLBACK = 8
+"""Most chunks read per reader callback (~256 KiB, ~1,600 readings) before yielding to the event loop, so a
+backlog at the broker is taken in turns with the flow instead of all before it; the next turn comes at once."""
+_PACKETS_PER_CALLBACK = 512
+"""Most packets paho reads per reader callback, for the same reason."""
 
 
 FastPublish = Callable[[str, bytes], bool]
@@ -261,7 +263,8 @@ class AsyncioPaho:
 
     def _on_readable(self) -> None:
         c = self.client
-        for _ in range(_PACKETS_PER_CALLBACK):
+        reads = packets = 0
+        while reads < _READS_PER_CALLBACK and packets < _PACKETS_PER_CALLBACK:
             if self._paused:
                 return
             sock = c.socket()
@@ -272,15 +275,15 @@ class AsyncioPaho:
                 if self._paused:
                     return
             if sock.has_packet():
+                packets += 1
                 rc = c.loop_read()
                 if rc != paho.MQTT_ERR_SUCCESS or c.socket() is None:
                     self._lost(rc)
                     return
-            elif not sock.fill():
-                # drained to EAGAIN (or the end, which paho's next read reports): the selector wakes us
-                if sock.has_packet():
-                    continue
-                return
+            elif sock.fill():
+                reads += 1
+            elif not sock.has_packet():
+                return  # drained to EAGAIN: the selector wakes us (the end of the stream: paho's next read)
         assert self._loop is not None
         self._loop.call_soon(self._on_readable)  # more is buffered: go on after others had their turn
 

@@ -22,11 +22,11 @@ queued per client and **silently drops the rest**, QoS 1 included, as soon as a 
 burst, a checkpoint pause, a slow step). Set ``max_queued_messages 0`` (or a bound sized for your bursts) and,
 for offline persistent sessions, ``persistence true``.
 
-The source's client runs on the flow's event loop (no network thread; see
-:mod:`tidegauge.connectors._mqtt_loop`). Backpressure: messages go into a bounded buffer (``buffer``
-messages). When it is full the client stops reading its socket, so the broker queues (see above) instead of
-tidegauge dropping. A stall longer than 1.5 x ``keepalive`` makes the broker drop the connection;
-the source reconnects with exponential backoff (``reconnect_min`` .. ``reconnect_max``).
+The source's client runs on the flow's event loop (no network thread) and QoS 0 messages are read past
+paho's per-message machinery (see :mod:`tidegauge.connectors._mqtt_loop`). Backpressure: messages go into
+a bounded buffer (``buffer`` messages). When it is full the client stops reading its socket, so the broker
+queues (see above) instead of tidegauge dropping. A stall longer than 1.5 x ``keepalive`` makes the broker
+drop the connection; the source reconnects with exponential backoff (``reconnect_min`` .. ``reconnect_max``).
 
 :class:`MqttSink` publishes each row as one JSON object to a topic built from a template: QoS 1 is
 **at-least-once** (``pre_commit`` waits for every PUBACK; a replay after a crash publishes again), QoS 0 is
