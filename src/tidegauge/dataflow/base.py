@@ -16,6 +16,7 @@ typed state to checkpoint (a ``msgspec.Struct``; never a pickle).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -33,6 +34,8 @@ __all__ = [
     "StepDefinition",
     "StepLogic",
     "drop_internal",
+    "with_series",
+    "without",
 ]
 
 KEY_ID = "_tg_key"
@@ -48,8 +51,49 @@ END_OF_TIME = 2**62
 
 def drop_internal(df: pl.DataFrame) -> pl.DataFrame:
     """The user's view of a batch: ``df`` without tidegauge's internal columns."""
-    internal = [c for c in INTERNAL_COLUMNS if c in df.columns]
-    return df.drop(internal) if internal else df
+    return without(df, INTERNAL_COLUMNS)
+
+
+def without(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """``df.drop(columns)``, ignoring absent ones, without a polars query.
+
+    Per batch, on the hot path: ``DataFrame.drop`` runs through the query engine (~50 us idle, several
+    hundred on a loaded machine, its thread pool being woken); a shallow copy whose columns are dropped in
+    place costs ~2 us. ``df`` itself is left untouched.
+
+    >>> without(pl.DataFrame({"a": [1], "b": [2]}), ["b", "zz"]).columns
+    ['a']
+    """
+    present = [c for c in columns if c in df.columns]
+    if not present:
+        return df
+    out = df.clone()  # shares the column buffers
+    for c in present:
+        out.drop_in_place(c)
+    return out
+
+
+def with_series(df: pl.DataFrame, *columns: pl.Series) -> pl.DataFrame:
+    """``df.with_columns(*columns)`` for ready Series, without a polars query (see :func:`without`).
+
+    A column of the same name is replaced where it stands; new ones are appended in order.
+
+    >>> with_series(pl.DataFrame({"a": [1], "b": [2]}), pl.Series("a", [5]), pl.Series("c", [3])).rows()
+    [(5, 2, 3)]
+    """
+    if not df.width:
+        return pl.DataFrame(list(columns))
+    out = df.clone()
+    names = out.columns
+    for s in columns:
+        if s.len() != out.height:
+            raise ValueError(f"column {s.name!r} has {s.len()} values for a batch of {out.height} rows")
+        if s.name in names:
+            out.replace_column(names.index(s.name), s)
+        else:
+            out.insert_column(out.width, s)
+            names.append(s.name)
+    return out
 
 
 @dataclass

@@ -15,7 +15,18 @@ import numpy as np
 import polars as pl
 
 from tidegauge._time import format_duration, timestamp_column_to_micros
-from tidegauge.dataflow.base import END_OF_TIME, ERROR, INTERNAL_COLUMNS, KEY_ID, RAW, TS, WM, StepContext
+from tidegauge.dataflow.base import (
+    END_OF_TIME,
+    ERROR,
+    INTERNAL_COLUMNS,
+    KEY_ID,
+    RAW,
+    TS,
+    WM,
+    StepContext,
+    with_series,
+    without,
+)
 from tidegauge.dataflow.partitions import PartitionedSourceClock
 from tidegauge.dataflow.watermark import SourceClock
 
@@ -34,9 +45,7 @@ def ingest_batch(
     ``other_watermark`` is the lowest watermark of the flow's other sources: a record's ``_tg_wm`` is
     the flow's watermark when it arrived, so it is capped by it.
     """
-    internal = [c for c in INTERNAL_COLUMNS if c in df.columns]
-    if internal:
-        df = df.drop(internal)
+    df = without(df, INTERNAL_COLUMNS)  # without/with_series: no polars query per batch for column moves
     if ERROR in df.columns:
         # the null count first: a batch without unparsable rows (the usual one) then costs no filter query
         if df[ERROR].null_count() < df.height:
@@ -44,9 +53,7 @@ def ingest_batch(
             payload = bad.select(pl.col(RAW).alias("payload")) if RAW in bad.columns else bad.drop(ERROR)
             ctx.dead_letter(payload, bad[ERROR])
             df = df.filter(pl.col(ERROR).is_null())
-        df = df.drop([c for c in (ERROR, RAW) if c in df.columns])
-    elif RAW in df.columns:
-        df = df.drop(RAW)
+    df = without(df, (ERROR, RAW))
     if not df.height:
         return df
     key, time = ctx.key_column, ctx.time_column
@@ -77,7 +84,8 @@ def ingest_batch(
     if other_watermark < END_OF_TIME:
         wm = np.minimum(wm, other_watermark)
     normalised = [] if df.schema[time] == _UTC_US else [pl.Series(time, ts_np).cast(_UTC_US)]
-    df = df.with_columns(
+    df = with_series(
+        df,
         *normalised,
         ctx.keys.encode(df[key]),
         pl.Series(TS, ts_np, dtype=pl.Int64),
