@@ -95,6 +95,7 @@ async def run_latency(port: int, rate: int, seconds: float) -> dict[str, float]:
     flow.source(source).detect(ZScore(["temperature"], key="sensor_id")).sink(sink)  # type: ignore[arg-type]
     runner = Runner(flow, max_delay="1ms")
     task = asyncio.create_task(runner.run_async())
+    cpu0 = time.process_time()
     while source.logic is None or not source.logic.subscribed.is_set():
         await asyncio.sleep(0.01)
     pub = await asyncio.create_subprocess_exec(sys.executable, "-c", PACED, str(port), str(rate), str(seconds),
@@ -105,6 +106,7 @@ async def run_latency(port: int, rate: int, seconds: float) -> dict[str, float]:
         if len(sink.lat) >= sent:
             break
         await asyncio.sleep(0.01)
+    cpu = time.process_time() - cpu0  # building the flow (kernels) included, waiting for the stop excluded
     runner.stop()
     await task
     lat = sorted(sink.lat)
@@ -113,7 +115,7 @@ async def run_latency(port: int, rate: int, seconds: float) -> dict[str, float]:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
 
     return {"latency_rate": rate, "latency_sent": sent, "latency_measured": len(lat), "p50_ms": q(0.5),
-            "p99_ms": q(0.99), "max_ms": q(1.0)}
+            "p99_ms": q(0.99), "max_ms": q(1.0), "latency_cpu_us_per_reading": round(cpu / max(len(lat), 1) * 1e6, 1)}
 
 
 class Reading(msgspec.Struct):
@@ -144,7 +146,7 @@ def go(proc: subprocess.Popen[str]) -> None:
     proc.stdin.flush()
 
 
-def run_paho(port: int, qos: int, n: int) -> tuple[int, float]:
+def run_paho(port: int, qos: int, n: int) -> tuple[int, float, float]:
     dec = msgspec.json.Decoder(Reading)
     out: list[Reading] = []
     subscribed = threading.Event()
@@ -156,19 +158,19 @@ def run_paho(port: int, qos: int, n: int) -> tuple[int, float]:
     c.loop_start()
     assert subscribed.wait(10)
     pub = start_publisher(port, qos, n)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     go(pub)
     deadline = t0 + 600
     while len(out) < n and time.perf_counter() < deadline:
         time.sleep(0.005)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     c.disconnect()
     c.loop_stop()
     pub.wait()
-    return len(out), elapsed
+    return len(out), elapsed, cpu
 
 
-async def run_tidegauge(port: int, qos: int, n: int) -> tuple[int, float]:
+async def run_tidegauge(port: int, qos: int, n: int) -> tuple[int, float, float]:
     source = MqttSource("sensors/+/telemetry", connection=MqttConnection(port=port), qos=1 if qos else 0,
                         template="sensors/{sensor_id}/telemetry")
     logic = source.build(None)
@@ -176,16 +178,16 @@ async def run_tidegauge(port: int, qos: int, n: int) -> tuple[int, float]:
         await asyncio.sleep(0.01)
     pub = start_publisher(port, qos, n)
     got = 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     go(pub)
     deadline = t0 + 600
     while got < n and time.perf_counter() < deadline:
         df = await logic.next_batch(65_536, 0.005)
         got += 0 if df is None else df.height
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await logic.close()
     pub.wait()
-    return got, elapsed
+    return got, elapsed, cpu
 
 
 def main() -> None:
@@ -203,22 +205,28 @@ def main() -> None:
     try:
         time.sleep(0.5)
         rates: dict[str, list[float]] = {"paho": [], "tidegauge": []}
+        cpus: dict[str, list[float]] = {"paho": [], "tidegauge": []}
         lost: dict[str, int] = {"paho": 0, "tidegauge": 0}
         for _ in range(rounds):  # interleaved, so drift in machine load hits both
-            got, s = run_paho(port, qos, n)
+            got, s, cpu = run_paho(port, qos, n)
             rates["paho"].append(got / s)
+            cpus["paho"].append(cpu / max(got, 1) * 1e6)
             lost["paho"] += n - got
-            got, s = asyncio.run(run_tidegauge(port, qos, n))
+            got, s, cpu = asyncio.run(run_tidegauge(port, qos, n))
             rates["tidegauge"].append(got / s)
+            cpus["tidegauge"].append(cpu / max(got, 1) * 1e6)
             lost["tidegauge"] += n - got
         latency = asyncio.run(run_latency(port, rate, seconds))
     finally:
         broker.terminate()
         broker.wait()
     paho_rate, tg_rate = statistics.median(rates["paho"]), statistics.median(rates["tidegauge"])
+    paho_cpu, tg_cpu = statistics.median(cpus["paho"]), statistics.median(cpus["tidegauge"])
     print(json.dumps({"messages": n, "qos": qos, "rounds": rounds, "paho_msgs_per_s": round(paho_rate),
                       "tidegauge_readings_per_s": round(tg_rate), "ratio": round(tg_rate / paho_rate, 3),
                       "lost": lost, "all_rates": {k: [round(r) for r in v] for k, v in rates.items()},
+                      "cpu_us_per_msg": {"paho": round(paho_cpu, 1), "tidegauge": round(tg_cpu, 1)},
+                      "cpu_ratio": round(tg_cpu / paho_cpu, 3), "load": Path("/proc/loadavg").read_text().split()[:3],
                       **latency}))
 
 

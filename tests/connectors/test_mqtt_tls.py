@@ -78,3 +78,26 @@ def test_tls_without_the_ca_is_refused(tls_broker: tuple[int, Path]) -> None:
         assert not logic.subscribed.wait(2)  # the handshake fails: the system CAs do not know this certificate
     finally:
         asyncio.run(logic.close())
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_tls_without_the_ca_is_refused_and_retried_on_the_event_loop(
+    tls_broker: tuple[int, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Built in a running loop the source really connects: the handshake fails, and is retried with backoff."""
+    port, _cert = tls_broker
+    conn = MqttConnection(port=port, tls=MqttTls(), reconnect_min=0.2, reconnect_max=0.4)
+    source = MqttSource("x/#", connection=conn)
+
+    async def main() -> None:
+        logic = source.build(None)
+        try:
+            await asyncio.sleep(2)
+            assert not logic.subscribed.is_set()
+        finally:
+            await logic.close()
+
+    with caplog.at_level("WARNING", logger="tidegauge.connectors._mqtt_loop"):
+        asyncio.run(main())
+    refused = [r for r in caplog.records if "cannot connect" in r.getMessage() and "CERTIFICATE" in r.getMessage()]
+    assert len(refused) >= 3  # the first attempt and retries every 0.2-0.4 s

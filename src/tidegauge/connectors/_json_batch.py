@@ -25,6 +25,9 @@ __all__ = ["TopicTemplate", "decode_payloads", "encode_rows", "row_ids"]
 logger = logging.getLogger(__name__)
 
 _decoder = msgspec.json.Decoder()
+_TOPIC_CACHE = 65_536
+"""Topics whose parsed fields a template remembers: a fleet of tens of thousands of devices fits; an
+unbounded stream of distinct topics only costs a periodic clear."""
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -57,6 +60,7 @@ class TopicTemplate:
             re.escape(p) if i % 2 == 0 else f"(?P<{p}>{level})" for i, p in enumerate(parts)
         )
         self._regex = re.compile(f"^{pattern}$")
+        self._cache: dict[str, dict[str, str] | None] = {}
 
     def __repr__(self) -> str:
         return f"TopicTemplate({self.template!r})"
@@ -65,6 +69,16 @@ class TopicTemplate:
         """The fields in ``topic``, or ``None`` if it does not match."""
         m = self._regex.match(topic)
         return None if m is None else m.groupdict()
+
+    def parse_cached(self, topic: str) -> dict[str, str] | None:
+        """:meth:`parse`, remembered: a fleet reuses the same topics (the cache is cleared past 65,536)."""
+        try:
+            return self._cache[topic]
+        except KeyError:
+            if len(self._cache) >= _TOPIC_CACHE:
+                self._cache.clear()
+            found = self._cache[topic] = self.parse(topic)
+            return found
 
     def format_column(self, df: pl.DataFrame) -> pl.Series:
         """The topic of every row of ``df`` (a field missing from ``df`` is an error)."""
@@ -122,6 +136,10 @@ def decode_payloads(
                 values.append(_decoder.decode(p))
             except msgspec.DecodeError as exc:
                 values.append(_Bad(f"payload is not valid JSON: {exc}"))
+    else:
+        fast = _columns_frame(values, topics, template, schema)
+        if fast is not None:
+            return fast
     rows: list[dict[str, Any]] = []
     for i, (value, payload) in enumerate(zip(values, payloads, strict=True)):
         if isinstance(value, _Bad):
@@ -136,6 +154,47 @@ def decode_payloads(
                 got = [{**found, **{k: v for k, v in r.items() if v is not None}} for r in got]
         rows.extend(got)
     return _frame(rows, schema)
+
+
+def _columns_frame(
+    values: list[Any],
+    topics: Sequence[str] | None,
+    template: TopicTemplate | None,
+    schema: Mapping[str, pl.DataType] | None,
+) -> pl.DataFrame | None:
+    """The common case, column-wise: one object per payload, topics that match, no field in both.
+
+    Gives the same frame as the row-by-row path below (tested); ``None`` sends anything else there.
+    Row by row, each row was a merged dict (topic fields, then the payload's non-null values), which
+    cost more than decoding the JSON; here polars builds the payload columns in one call and the topic
+    fields are added as columns, parsed once per distinct topic.
+    """
+    if not all(type(v) is dict for v in values):
+        return None
+    fields = template.fields if template is not None and topics is not None else ()
+    parsed: list[dict[str, str] | None] = []
+    if fields:
+        assert template is not None and topics is not None
+        parsed = [template.parse_cached(t) for t in topics]
+        if any(p is None for p in parsed):
+            return None
+    try:
+        df = pl.from_dicts(values, infer_schema_length=None, schema_overrides=dict(schema) if schema else None)
+    except (pl.exceptions.PolarsError, TypeError, ValueError):
+        return None
+    if any(f in df.columns for f in fields):
+        return None
+    if fields:
+        # a key null (or absent) in every row: merging topic fields, the row-by-row path dropped null
+        # values, so it had no such column
+        empty = [c for c in df.columns if df[c].null_count() == df.height]
+        if empty:
+            df = df.drop(empty)
+    topic_columns = [pl.Series(f, [p[f] for p in parsed if p is not None], dtype=pl.String) for f in fields]
+    # Series, not with_columns(pl.lit(...)): each polars query costs 25-400 us per batch on a busy machine
+    none = [None] * len(values)
+    marks = [pl.Series(ERROR, none, dtype=pl.String), pl.Series(RAW, none, dtype=pl.String)]
+    return pl.DataFrame([*topic_columns, *df.get_columns(), *marks], height=len(values))
 
 
 class _Bad:

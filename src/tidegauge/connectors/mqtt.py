@@ -22,10 +22,11 @@ queued per client and **silently drops the rest**, QoS 1 included, as soon as a 
 burst, a checkpoint pause, a slow step). Set ``max_queued_messages 0`` (or a bound sized for your bursts) and,
 for offline persistent sessions, ``persistence true``.
 
-Backpressure: paho's network thread pushes messages into a bounded buffer (``buffer`` messages). When it is
-full the network thread waits, so the client stops reading its socket and the broker queues (see above)
-instead of tidegauge dropping. A stall longer than 1.5 x ``keepalive`` makes the broker drop the connection;
-paho reconnects with exponential backoff (``reconnect_min`` .. ``reconnect_max``).
+The source's client runs on the flow's event loop (no network thread) and QoS 0 messages are read past
+paho's per-message machinery (see :mod:`tidegauge.connectors._mqtt_loop`). Backpressure: messages go into
+a bounded buffer (``buffer`` messages). When it is full the client stops reading its socket, so the broker
+queues (see above) instead of tidegauge dropping. A stall longer than 1.5 x ``keepalive`` makes the broker
+drop the connection; the source reconnects with exponential backoff (``reconnect_min`` .. ``reconnect_max``).
 
 :class:`MqttSink` publishes each row as one JSON object to a topic built from a template: QoS 1 is
 **at-least-once** (``pre_commit`` waits for every PUBACK; a replay after a crash publishes again), QoS 0 is
@@ -54,6 +55,8 @@ try:
     from paho.mqtt.enums import CallbackAPIVersion
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("paho-mqtt", "mqtt") from exc
+
+from tidegauge.connectors._mqtt_loop import AsyncioPaho, BufferedClient  # needs paho, checked above
 
 __all__ = ["MqttConnection", "MqttSink", "MqttSource", "MqttSourceState", "MqttTls"]
 
@@ -91,9 +94,9 @@ class MqttConnection:
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
 
-    def client(self, *, clean_session: bool) -> paho.Client:
-        """A configured, not yet connected paho client."""
-        c = paho.Client(
+    def client(self, *, clean_session: bool, factory: type[paho.Client] = paho.Client) -> paho.Client:
+        """A configured, not yet connected paho client (of class ``factory``)."""
+        c = factory(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=clean_session,
@@ -134,7 +137,7 @@ class MqttSource:
         Topic template whose fields become columns where the payload lacks them,
         e.g. ``"sensors/{sensor_id}/telemetry"``.
     buffer:
-        Messages buffered between paho's network thread and the flow (the backpressure bound).
+        Messages buffered between the broker connection and the flow (the backpressure bound).
     schema:
         Column types to decode into (others are inferred per batch).
     """
@@ -184,35 +187,50 @@ class MqttSource:
 
 
 class MqttSourceLogic:
-    """Running state of an :class:`MqttSource`: a paho client whose network thread fills a bounded buffer."""
+    """Running state of an :class:`MqttSource`: a paho client, driven by the flow's event loop, filling a buffer.
+
+    The client's socket is read by the event loop the flow runs on (:mod:`tidegauge.connectors._mqtt_loop`):
+    no network thread. Built outside a running event loop (a test, a script), it connects at the first
+    :meth:`next_batch` or :meth:`start`.
+    """
 
     def __init__(self, d: MqttSource, received: int) -> None:
         self._d = d
         self._received = received
         self._buf: deque[tuple[str, bytes, int, int, int]] = deque()
-        self._cond = threading.Condition()
-        self._closing = False
         self._gen = 0  # connection generation: message ids are only valid on the connection that sent them
         self._waiter: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._want = 1  # messages that complete the batch next_batch is filling (wakes it early)
         self._unacked: deque[tuple[int, int, int]] = deque()  # (seq, mid, gen) handed out, PUBACK deferred
         self.subscribed = threading.Event()
         self.paused = False
-        """whether the network thread is holding off the broker (the buffer is full: the flow is behind)"""
-        c = d.connection.client(clean_session=d.session == "clean")
+        """whether intake is holding off the broker (the buffer is full: the flow is behind)"""
+        c = d.connection.client(clean_session=d.session == "clean", factory=BufferedClient)
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_subscribe, c.on_message = self._on_subscribe, self._on_message
         if d.ack == "checkpoint":
             c.manual_ack_set(True)
         self._client = c
         c.connect_async(d.connection.host, d.connection.port, keepalive=d.connection.keepalive)
-        c.loop_start()
+        self._io = AsyncioPaho(c, reconnect_min=d.connection.reconnect_min,
+                               reconnect_max=d.connection.reconnect_max, name=d.name)
+        self._io.fast = self._on_qos0
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: start() at the first next_batch
+        self._io.start()
 
-    # -- paho's network thread -------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect (in the background) on the running event loop; :meth:`next_batch` does it if needed."""
+        self._io.start()
+
+    # -- paho callbacks (on the event loop) ------------------------------------------------------
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             logger.warning("mqtt source %s: connection refused: %s", self._d.name, rc)
             return
+        self._io.connack_ok()
         self._gen += 1
         logger.info("mqtt source %s: connected (session present: %s)", self._d.name, flags.session_present)
         client.subscribe([(t, int(self._d.qos)) for t in self._d.topics])
@@ -225,51 +243,58 @@ class MqttSourceLogic:
             self.subscribed.set()
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if not self._closing:
+        if not self._io.closing:
             logger.warning("mqtt source %s: disconnected (%s); reconnecting with backoff", self._d.name, rc)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        cond, buf, cap = self._cond, self._buf, self._d.buffer
-        if len(buf) >= cap:
-            with cond:  # backpressure: hold the network thread, so the socket is not read
-                self.paused = True
-                while len(buf) >= cap and not self._closing:
-                    cond.wait(0.5)
-                self.paused = False
-        buf.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._gen))
-        waiter = self._waiter
-        if waiter is not None and self._loop is not None:
+        self._add(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _on_qos0(self, topic: str, payload: bytes) -> bool:
+        """A QoS 0 message read past paho (see :mod:`tidegauge.connectors._mqtt_loop`)."""
+        return self._add(topic, payload, 0, 0)
+
+    def _add(self, topic: str, payload: bytes, mid: int, qos: int) -> bool:
+        buf = self._buf
+        buf.append((topic, payload, mid, qos, self._gen))
+        if len(buf) >= self._d.buffer:
+            # backpressure: stop reading the socket (paho hands over one packet per read, so the buffer
+            # never passes its bound); the broker queues until next_batch takes messages out
+            self.paused = True
+            self._io.pause()
+        if len(buf) >= self._want and self._waiter is not None:
+            self._waiter.set()
             self._waiter = None
-            self._loop.call_soon_threadsafe(waiter.set)
+        return not self.paused
 
     # -- the flow's side -------------------------------------------------------------------------
-    async def _wait(self, timeout: float) -> None:
-        if self._buf or timeout <= 0:
+    async def _wait(self, want: int, timeout: float) -> None:
+        if len(self._buf) >= want or timeout <= 0:
             return
-        self._loop = asyncio.get_running_loop()
         event = asyncio.Event()
-        self._waiter = event
-        if self._buf:  # arrived between the check and publishing the waiter
-            self._waiter = None
-            return
+        self._want, self._waiter = want, event
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
+            pass
+        finally:
             self._waiter = None
 
     async def next_batch(self, max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
-        """Up to ``max_rows`` messages' readings; empty if none came within ``max(max_delay_s, 0.1 s)``."""
-        await self._wait(max(max_delay_s, _IDLE_WAIT_S))
+        """Up to ``max_rows`` messages' readings; empty if none came within ``max(max_delay_s, 0.1 s)``.
+
+        A batch is handed over ``max_delay_s`` after its first message arrived, or as soon as it is full:
+        the time budget bounds the latency at low rates, the size bounds memory at high ones.
+        """
+        self._io.start()
+        await self._wait(1, max(max_delay_s, _IDLE_WAIT_S))
         if not self._buf:
             return pl.DataFrame()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_delay_s
-        while len(self._buf) < max_rows and (left := deadline - loop.time()) > 0:
-            await asyncio.sleep(min(left, 0.001))  # let more accumulate instead of waking per message
+        await self._wait(max_rows, max_delay_s)
         buf, n = self._buf, min(max_rows, len(self._buf))
         items = [buf.popleft() for _ in range(n)]
-        with self._cond:
-            self._cond.notify_all()
+        if self.paused:
+            self.paused = False
+            self._io.resume()
         if self._d.ack == "checkpoint":
             seq = self._received
             for i, (_t, _p, mid, qos, gen) in enumerate(items):
@@ -295,16 +320,13 @@ class MqttSourceLogic:
         gen = self._gen
         while self._unacked and self._unacked[0][0] <= position.received:
             _seq, mid, mgen = self._unacked.popleft()
-            if mgen == gen:  # older connections' messages will be redelivered by the broker anyway
+            if mgen == gen and self._client.is_connected():
+                # older connections' messages will be redelivered by the broker anyway
                 self._client.ack(mid, 1)
 
     async def close(self) -> None:
         """Disconnect (a persistent session keeps unacknowledged messages at the broker)."""
-        self._closing = True
-        with self._cond:
-            self._cond.notify_all()
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        await self._io.close()
 
 
 class MqttSink:

@@ -25,7 +25,7 @@ from tidegauge.dataflow.base import (
     WM,
     StepContext,
     with_series,
-    without_columns,
+    without,
 )
 from tidegauge.dataflow.partitions import PartitionedSourceClock
 from tidegauge.dataflow.watermark import SourceClock
@@ -45,18 +45,15 @@ def ingest_batch(
     ``other_watermark`` is the lowest watermark of the flow's other sources: a record's ``_tg_wm`` is
     the flow's watermark when it arrived, so it is capped by it.
     """
-    internal = [c for c in INTERNAL_COLUMNS if c in df.columns]
-    if internal:
-        df = without_columns(df, internal)
+    df = without(df, INTERNAL_COLUMNS)  # without/with_series: no polars query per batch for column moves
     if ERROR in df.columns:
-        bad = df.filter(pl.col(ERROR).is_not_null())
-        if bad.height:
+        # the null count first: a batch without unparsable rows (the usual one) then costs no filter query
+        if df[ERROR].null_count() < df.height:
+            bad = df.filter(pl.col(ERROR).is_not_null())
             payload = bad.select(pl.col(RAW).alias("payload")) if RAW in bad.columns else bad.drop(ERROR)
             ctx.dead_letter(payload, bad[ERROR])
             df = df.filter(pl.col(ERROR).is_null())
-        df = without_columns(df, [c for c in (ERROR, RAW) if c in df.columns])
-    elif RAW in df.columns:
-        df = without_columns(df, [RAW])
+    df = without(df, (ERROR, RAW))
     if not df.height:
         return df
     key, time = ctx.key_column, ctx.time_column
@@ -87,12 +84,13 @@ def ingest_batch(
     if other_watermark < END_OF_TIME:
         wm = np.minimum(wm, other_watermark)
     normalised = [] if df.schema[time] == _UTC_US else [pl.Series(time, ts_np).cast(_UTC_US)]
-    df = with_series(df, [  # eagerly: see tidegauge.dataflow.base.without_columns
+    df = with_series(
+        df,
         *normalised,
         ctx.keys.encode(df[key]),
         pl.Series(TS, ts_np, dtype=pl.Int64),
         pl.Series(WM, wm, dtype=pl.Int64),
-    ])
+    )
     if future.any():
         fut = pl.Series("future", future)
         limit = format_duration(clock.config.max_future or 0)

@@ -253,9 +253,9 @@ class DetectorLogic:
         """Key ids and event times of ``df`` (internal columns, or the definition's ``key``/``time``)."""
         d = self.definition
         if KEY_ID in df.columns:
-            ids = df[KEY_ID].cast(pl.Int64)
-            # fill_null only when there are nulls: it runs as an expression on polars' thread pool (~0.1 ms)
-            keys = (ids.fill_null(0) if ids.null_count() else ids).to_numpy()
+            ids = df[KEY_ID]
+            # without nulls (ingested batches have none) skip fill_null, a polars query per batch
+            keys = ids.cast(pl.Int64).fill_null(0).to_numpy() if ids.null_count() else ids.to_numpy().astype(np.int64)
         elif d.key is not None:
             if d.key not in df.columns:
                 raise ValueError(f"key column {d.key!r} is not in the batch (columns: {df.columns})")
@@ -298,12 +298,12 @@ class DetectorLogic:
         """Write scores into ``out`` (when ``score``) and update state (when ``learn``)."""
 
     def _output(self, batch: Batch, scores: np.ndarray) -> pl.DataFrame:
-        name = pl.Series("detector", [self.definition.name], dtype=pl.String)
-        return with_series(batch.df, [  # eagerly: see tidegauge.dataflow.base.without_columns
+        return with_series(  # not with_columns: no polars query per batch (see tidegauge.dataflow.base.without)
+            batch.df,
             pl.Series("score", scores, dtype=pl.Float64),
             pl.Series("is_anomaly", self.flags(batch, scores), dtype=pl.Boolean),
-            name.new_from_index(0, batch.height),
-        ])
+            pl.Series("detector", [self.definition.name], dtype=pl.String).new_from_index(0, batch.height),
+        )
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
         """Score ``df`` against the current state, without learning."""

@@ -126,8 +126,10 @@ def default_flow(config: AgentConfig, outbox: Outbox, *, clock: Clock | None = N
     aggs: dict[str, Any] = {f: ["count", "mean", "min", "max"] for f in FIELDS}
     if config.detect:
         from tidegauge.detectors import default_detector
+        from tidegauge.detectors.step import DetectStep
 
-        scored = readings.detect(default_detector(fields=FIELDS), name="detect")
+        # no warm-up: an idle gateway agent does not hold numba until data comes (its idle memory goal)
+        scored = readings.detect(DetectStep(default_detector(fields=FIELDS), warm_up=False), name="detect")
         aggs["score"] = ["max"]
         if "anomalies" in forward:
             anomalies = scored.filter("is_anomaly", name="anomalous")
