@@ -28,7 +28,10 @@ _weird_value = st.one_of(
 _bad_line = st.one_of(
     st.binary(max_size=40),
     st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")),
-    st.tuples(st.sampled_from(["sensor_id", "timestamp", "temperature", "humidity", "x"]), _weird_value).map(
+    st.tuples(st.sampled_from(["sensor_id", "timestamp", "temperature", "humidity", "x"]), _weird_value)
+    # a repeated "timestamp" key with a plain integer is a valid record (the last value wins) stamped in
+    # 1970: the flow may rightly dead-letter a later record as "future" by its vote, not a validation reject
+    .filter(lambda kv: not (kv[0] == "timestamp" and kv[1].lstrip("-").isdigit() and len(kv[1]) < 20)).map(
         lambda kv: ('{"sensor_id":"S","timestamp":"2026-01-01T00:00:00Z","' + kv[0] + '":' + kv[1] + "}").encode()),
     st.just(b'{"timestamp":"2026-01-01T00:00:00Z"}'),
     st.just(b'{"sensor_id":"","timestamp":"2026-01-01T00:00:00Z"}'),
