@@ -68,3 +68,14 @@ def test_served_pipeline_ingest_then_query(tmp_path: Path) -> None:
         await task
 
     asyncio.run(main())
+
+
+def test_hash_token_needs_no_pipeline_and_serve_without_one_says_so() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tidegauge", "serve", "--hash-token", "s3cret"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == hash_token("s3cret")
+    bare = subprocess.run([sys.executable, "-m", "tidegauge", "serve"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and "needs a pipeline file" in bare.stderr

@@ -36,8 +36,8 @@ _DEFAULT_CHECKPOINT_INTERVAL = "5s"
 
 @app.command()
 def serve(
-    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file with a 'server:' section.",
-                                             envvar="TIDEGAUGE_PIPELINE", show_envvar=True)],
+    pipeline: Annotated[Path | None, typer.Argument(help="Pipeline YAML file with a 'server:' section.",
+                                                    envvar="TIDEGAUGE_PIPELINE", show_envvar=True)] = None,
     host: Annotated[str | None, typer.Option(help="Override server.host.", envvar="TIDEGAUGE_HOST",
                                              show_envvar=True)] = None,
     port: Annotated[int | None, typer.Option(help="Override server.port.", envvar="TIDEGAUGE_PORT",
@@ -46,7 +46,8 @@ def serve(
                                                    envvar="TIDEGAUGE_HASH_TOKEN", show_envvar=True)] = None,
     edge_db: Annotated[Path | None, typer.Option(
         "--edge-db", help="Accept edge agents' batches (POST /api/v1/edge/batches), de-duplicated in this SQLite "
-        "file: stream X goes to the http source named edge_X, others to the first http source. With an "
+        "file: stream X goes to the http source named edge_X, raw readings without one to the first http "
+        "source (other streams without one wait in the agents' outboxes). With an "
         "'alerts:' section, edge alert transitions that should page go to its receivers.",
         envvar="TIDEGAUGE_EDGE_DB", show_envvar=True)] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="Log lines as 'text' or 'json' (one object each).",
@@ -74,6 +75,8 @@ def serve(
     if hash_token is not None:
         typer.echo(_hash(hash_token))
         return
+    if pipeline is None:
+        raise ConfigError("tidegauge serve needs a pipeline file (tidegauge serve PIPELINE.yaml)")
     if log_format not in ("text", "json"):
         raise ConfigError(f"--log-format {log_format!r}: use 'text' or 'json'")
     from tidegauge.pipeline import build_pipeline, load_pipeline
