@@ -79,3 +79,21 @@ def test_hash_token_needs_no_pipeline_and_serve_without_one_says_so() -> None:
     assert done.returncode == 0 and done.stdout.strip() == hash_token("s3cret")
     bare = subprocess.run([sys.executable, "-m", "tidegauge", "serve"], capture_output=True, text=True, timeout=60)
     assert bare.returncode == 2 and "needs a pipeline file" in bare.stderr
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "p.yaml").write_text(
+            "name: s\nsource: {http: {log_dir: intake}}\nsink: {file: out.parquet}\n"
+            f"server: {{port: {port}, tokens: [{{name: a, env: TG_X, scopes: [read]}}]}}\n")
+        done = subprocess.run([sys.executable, "-m", "tidegauge", "serve", "p.yaml"], cwd=tmp_path, text=True,
+                              capture_output=True, timeout=120, env={**__import__("os").environ, "TG_X": "t"})
+    assert done.returncode == 2, done.stderr
+    assert f"server 127.0.0.1:{port}: cannot listen there" in done.stderr and "Traceback" not in done.stderr

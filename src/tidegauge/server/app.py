@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -355,8 +356,9 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
     if mode == "thread" and (coordinator is not None or edge_receiver is not None):
         logger.info("the flow runs in the server's event loop (the edge parts share state with it)")
         mode = "loop"
+    sock = _listen(config.host, config.port)  # before the flow starts: a port in use is a clear error
     flow_task, stop_flow = start_flow(runner, mode)
-    server_task = asyncio.create_task(uv.serve())
+    server_task = asyncio.create_task(uv.serve(sockets=[sock]))
     LatencyTracker(runner, state.sources, state.metrics.e2e).attach()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals and threading.current_thread() is \
@@ -378,6 +380,26 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
             for sig in signals:
                 loop.remove_signal_handler(sig)
     return await flow_task
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (``OSError`` naming them and the reason when it cannot be had)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"server {host}:{port}: cannot listen there: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"server {host}:{port}: cannot listen there: {exc.strerror or exc} "
+                      f"(another server? set server.port or --port)") from None
+    sock.setblocking(False)
+    return sock
 
 
 def _notify_started(uv: Any, started: asyncio.Event) -> None:
