@@ -301,7 +301,8 @@ def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) ->
         task = asyncio.create_task(intake.run(stop))
         await asyncio.wait_for(intake.connected.wait(), 10)
         box = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
-        up = JetStreamUplink(box, url, node_id="gw-1", jetstream=js, config=FAST)
+        # a patient timeout: the first answer may wait for the upstream's first imports on a loaded machine
+        up = JetStreamUplink(box, url, node_id="gw-1", jetstream=js, config=UplinkConfig(timeout="20s"))
         status, answer = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
         assert status == 200, answer
         assignment = msgspec.json.decode(answer, type=Assignment)
