@@ -1,7 +1,8 @@
 """The key dictionary: ids by first appearance, the same whichever lookup path a batch takes.
 
-Small string batches are looked up in a Python dict, large ones by the polars Enum cast, batches with new
-keys by a join; the ids must not depend on which, and must survive a snapshot.
+String keys are looked up in a compiled hash table that grows as keys arrive (the table rehashes as it
+doubles), other key types by a join; the ids must not depend on the batching or the path, and must
+survive a snapshot.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidegauge.dataflow.keys import _DICT_LOOKUP_MAX, KeyDictionary
+from tidegauge.dataflow.keys import KeyDictionary
 
 keys = st.lists(st.sampled_from([f"k{i}" for i in range(40)]), min_size=1, max_size=60)
 
@@ -37,14 +38,24 @@ def test_ids_are_first_appearance_order_whatever_the_path(batches: list[list[str
     assert restored.encode(pl.Series("k", again)).to_list() == [want[k] for k in again]
 
 
-def test_small_and_large_batches_agree_past_the_dict_threshold() -> None:
+def test_ids_hold_across_table_growth_sliced_input_and_a_restore_mid_stream() -> None:
     d = KeyDictionary()
-    known = [f"S{i:05d}" for i in range(3 * _DICT_LOOKUP_MAX)]
+    known = [f"S{i:05d}" for i in range(5_000)]  # the table doubles several times on the way
     assert d.encode(pl.Series("k", known)).to_list() == list(range(len(known)))
-    large = pl.Series("k", known[::-1])  # above the threshold: the Enum cast
-    small = pl.Series("k", known[5:25])  # below it: the dict
-    assert d.encode(large).to_list() == list(range(len(known)))[::-1]
-    assert d.encode(small).to_list() == list(range(5, 25))
-    mixed = pl.Series("k", ["new-1", known[7], "new-2", known[7]])  # new keys among known ones
-    assert d.encode(mixed).to_list() == [len(known), 7, len(known) + 1, 7]
-    assert d.encode(pl.Series("k", ["new-2"])).to_list() == [len(known) + 1]
+    assert d.encode(pl.Series("k", known[::-1])).to_list() == list(range(len(known)))[::-1]
+    sliced = pl.Series("k", known).slice(100, 20)  # an offset into the Arrow buffers
+    assert d.encode(sliced).to_list() == list(range(100, 120))
+    mixed = pl.Series("k", ["new-1", known[7], "new-2", known[7], "", "é-ü"])  # new keys among known ones
+    n = len(known)
+    assert d.encode(mixed).to_list() == [n, 7, n + 1, 7, n + 2, n + 3]
+    assert d.decode(pl.Series([n + 3, n + 2, 7], dtype=pl.UInt32)).to_list() == ["é-ü", "", known[7]]
+    restored = KeyDictionary(d.snapshot())
+    assert restored.encode(pl.Series("k", ["new-3", "new-2", known[0]])).to_list() == [n + 4, n + 1, 0]
+    assert restored.decode(pl.Series([n + 4], dtype=pl.UInt32)).to_list() == ["new-3"]
+
+
+def test_numeric_keys_take_the_join_path_with_the_same_contract() -> None:
+    d = KeyDictionary()
+    assert d.encode(pl.Series("k", [30, 10, 30])).to_list() == [0, 1, 0]
+    assert d.encode(pl.Series("k", [20, 10])).to_list() == [2, 1]
+    assert KeyDictionary(d.snapshot()).decode(pl.Series([2, 0], dtype=pl.UInt32)).to_list() == [20, 30]

@@ -8,18 +8,15 @@ of every checkpoint, so ids are stable across restarts.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 import polars as pl
 
+from tidegauge.dataflow._keytable import KeyTable
 from tidegauge.dataflow.base import KEY_ID
 
 __all__ = ["KeyDictionary", "KeyDictionarySnapshot"]
-
-_DICT_LOOKUP_MAX = 2_048
-"""Largest batch whose string keys are looked up in a Python dict (about 0.1 us a key) rather than by the
-Enum cast (a fixed cost per batch that grows with the number of known keys): the two meet at a few
-thousand keys a batch with 10,000 known keys."""
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +40,9 @@ class KeyDictionary:
 
     def __init__(self, snapshot: KeyDictionarySnapshot | None = None) -> None:
         self._table: pl.DataFrame | None = None
-        # For string keys, a polars Enum over the known keys in id order: casting to it is a hash lookup
-        # whose physical codes are exactly the ids (about 1.5x faster than a join); rebuilt on new keys.
-        self._enum: pl.Enum | None = None
-        # The same for small batches, as a dict: the Enum cast costs 0.1-0.6 ms a batch at 10,000 keys
-        # whatever the batch size (holding the GIL); looking up a few hundred keys in a dict costs less.
-        self._index: dict[str, int] | None = None
+        # String keys are looked up in a compiled hash table kept between batches (see _keytable), built
+        # at the first batch from the snapshot's keys when restored.
+        self._strings: KeyTable | None = None
         if snapshot is not None and snapshot.values:
             dtype = _dtype_from_name(snapshot.dtype)
             self._table = pl.DataFrame(
@@ -70,21 +64,25 @@ class KeyDictionary:
 
     def encode(self, keys: pl.Series) -> pl.Series:
         """Ids of ``keys`` (new keys get new ids). ``keys`` must have no nulls."""
-        if self._index is not None and keys.dtype == pl.String and keys.len() <= _DICT_LOOKUP_MAX:
-            index = self._index
-            try:
-                return pl.Series(KEY_ID, [index[k] for k in keys.to_list()], dtype=pl.UInt32)
-            except KeyError:
-                pass  # a new key: the join below gives it an id
-        if self._enum is not None and keys.dtype == pl.String:
-            codes = keys.cast(self._enum, strict=False)
-            if not codes.null_count():
-                return codes.to_physical().cast(pl.UInt32).alias(KEY_ID)
-        ids = self._encode_join(keys)
-        if self._table is not None and self._table.schema["key"] == pl.String:
-            self._enum = pl.Enum(self._table["key"])
-            self._index = {k: i for i, k in enumerate(self._table["key"].to_list())}
-        return ids
+        if keys.dtype == pl.String and not keys.null_count() and (
+                self._table is None or self._table.schema["key"] == pl.String):
+            return self._encode_strings(keys)
+        self._strings = None  # keys of another type: the join path (rare: re-keyed or numeric keys)
+        return self._encode_join(keys)
+
+    def _encode_strings(self, keys: pl.Series) -> pl.Series:
+        table = self._strings
+        if table is None:
+            table = self._strings = KeyTable()
+            if self._table is not None:  # restored from a snapshot, or after a join: the same ids
+                table.encode(_large_strings(self._table["key"]))
+        known = len(table)
+        ids = table.encode(_large_strings(keys))
+        if len(table) > known:
+            new = pl.Series("key", table.keys(known, len(table)), dtype=pl.String)
+            added = pl.DataFrame({"key": new, KEY_ID: pl.arange(known, len(table), dtype=pl.UInt32, eager=True)})
+            self._table = added if self._table is None else pl.concat([self._table, added])
+        return pl.Series(KEY_ID, ids, dtype=pl.UInt32)
 
     def _encode_join(self, keys: pl.Series) -> pl.Series:
         frame = keys.alias("key").to_frame()
@@ -121,6 +119,14 @@ class KeyDictionary:
         if self._table is None:
             return KeyDictionarySnapshot(dtype="String", values=[])
         return KeyDictionarySnapshot(dtype=_dtype_name(self._table.schema["key"]), values=self.values.to_list())
+
+
+def _large_strings(keys: pl.Series) -> Any:
+    """``keys`` as a pyarrow ``large_string`` array (what polars exports; a copy of the bytes, ~4 ns a key)."""
+    import pyarrow as pa  # here, not at import: ~26 MB resident in every process that imports the flow
+
+    array = keys.to_arrow()
+    return array if array.type == pa.large_string() else array.cast(pa.large_string())
 
 
 def _dtype_name(dtype: pl.DataType) -> str:
