@@ -27,6 +27,7 @@ from nats.js.api import StreamConfig
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.connectors.servers import private_mosquitto, require, rows_in, unique
+from tests.net import until
 from tests.server.helpers import TOKENS, server_config
 from tidegauge.connectors.http import HttpIngestSource
 from tidegauge.connectors.mqtt import MqttConnection, MqttSource
@@ -112,17 +113,11 @@ def test_http_answers_503_with_retry_after_while_the_sink_is_slow(tmp_path: Path
                 seen["refused_metric"] = _metric((await client.get("/metrics")).text,
                                                  "tidegauge_ingest_refused_requests_total")
                 sink.slow.clear()  # the sink catches up: intake opens again
-                for _ in range(3000):
-                    if source.lag_bytes() == 0:
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: source.lag_bytes() == 0)
                 r = await client.post("/api/v1/ingest", content=_body(10**6, 10), headers=hdrs)
                 assert r.status_code == 200
                 accepted.extend(range(10**6, 10**6 + 10))
-                for _ in range(3000):
-                    if rows_in(sink) >= len(accepted):
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: rows_in(sink) >= len(accepted))
         finally:
             runner.stop()
             await task
@@ -233,10 +228,7 @@ def test_nats_fetching_stops_while_the_sink_is_slow_and_resumes(tmp_path: Path) 
             seen = {"fetched": logic.snapshot().delivered, "written": rows_in(sink),
                     "lag_metric": int(fams["tidegauge_source_lag_messages"].samples[0].value)}
             sink.slow.clear()
-            for _ in range(3000):
-                if rows_in(sink) >= n:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: rows_in(sink) >= n)
             await asyncio.sleep(0.2)
             runner.stop()
             await task

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 
-from tests.dashboard.helpers import free_port
+from tests.net import free_port
 
 
 def test_demo_serves_stops_after_its_duration_and_writes_history(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from tests.connectors.servers import POSTGRES_CONNINFO, require, unique
+from tests.net import free_port
 from tidegauge.alerting import AlertStore
 from tidegauge.errors import ConfigError
 from tidegauge.pipeline import load_pipeline
@@ -156,19 +157,13 @@ def test_alert_state_in_postgresql(tmp_path: Path, http_server: Any) -> None:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("command", ["run", "serve"])
 def test_served_pipeline_alert_api_over_http(tmp_path: Path, http_server: Any, command: str) -> None:
     from tidegauge.server import hash_token
 
     url, got = http_server
     (tmp_path / "rules.yaml").write_text(RULES.format(hot=40, url=url, attempts=8))
-    port = _free_port()
+    port = free_port()
     (tmp_path / "pipeline.yaml").write_text(f"""
 source: {{http: {{log_dir: intake, durability: os}}}}
 sink: {{file: out.parquet}}

@@ -12,12 +12,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.net import free_port, wait_port
 
 SERVERS: dict[str, tuple[str, str, int]] = {
     "mosquitto": ("Mosquitto", "127.0.0.1", 1883),
@@ -80,18 +81,18 @@ async def run_until(flow: object, sink: object, rows: int, *, timeout: float = 3
 
 
 @contextlib.contextmanager
-def private_mosquitto(tmp: Path, *, cert: Path | None = None, key: Path | None = None) -> Iterator[int]:
-    """A Mosquitto of the test's own on a free port (TLS with ``cert``/``key``); yields the port.
+def private_mosquitto(tmp: Path, *, cert: Path | None = None, key: Path | None = None,
+                      port: int | None = None) -> Iterator[int]:
+    """A Mosquitto of the test's own on ``port`` or a free one (TLS with ``cert``/``key``); yields the port.
 
-    For what the shared broker on 1883 cannot give: a TLS listener, and ``max_queued_messages 0`` (the
-    setting the docs tell users to make; the shared broker keeps the default of 1,000, which drops).
+    For what the shared broker on 1883 cannot give: a TLS listener, ``max_queued_messages 0`` (the
+    setting the docs tell users to make; the shared broker keeps the default of 1,000, which drops), and
+    a broker that a test stops and starts again on the same port.
     """
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         pytest.fail("mosquitto is not installed (the broker tests need it: apt-get install -y mosquitto)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port() if port is None else port
     tls = f"certfile {cert}\nkeyfile {key}\n" if cert is not None else ""
     conf = tmp / f"mosquitto-{port}.conf"
     # user root: mosquitto started as root would switch to its own user, who cannot read pytest's tmp dir
@@ -101,14 +102,7 @@ def private_mosquitto(tmp: Path, *, cert: Path | None = None, key: Path | None =
     with open(log, "wb") as out:
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise AssertionError(f"mosquitto exited: {log.read_text()}") from None
-                time.sleep(0.05)
+        wait_port(port, timeout=10, proc=proc, log=log, what="mosquitto")
         yield port
     finally:
         proc.terminate()

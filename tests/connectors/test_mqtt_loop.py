@@ -11,12 +11,6 @@ subscribing again) to a broker that was not there at first and is then restarted
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -25,6 +19,7 @@ import polars as pl
 import pytest
 
 from tests.connectors.servers import private_mosquitto, require, rows_in, unique
+from tests.net import free_port, until
 from tidegauge.connectors._mqtt_loop import _FramedSocket
 from tidegauge.connectors.mqtt import MqttConnection, MqttSource
 from tidegauge.dataflow import Flow
@@ -180,10 +175,7 @@ def test_qos0_and_qos1_messages_on_one_subscription_all_arrive_once(tmp_path: Pa
             pub.loop_start()
             infos = [pub.publish(f"{topic}/s{i % 3}", _reading(i), qos=i % 2) for i in range(n)]
             await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
-            for _ in range(3000):
-                if rows_in(sink) >= n:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: rows_in(sink) >= n)
             await asyncio.sleep(0.2)  # a duplicate would show up here
             pub.disconnect()
             pub.loop_stop()
@@ -230,10 +222,7 @@ def test_qos0_intake_pauses_at_the_buffer_bound_and_loses_nothing(tmp_path: Path
             pub.loop_start()
             infos = [pub.publish(f"{topic}/s{i % 5}", _reading(i), qos=0) for i in range(n)]
             await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
-            for _ in range(3000):
-                if rows_in(sink) >= n:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: rows_in(sink) >= n)
             await asyncio.sleep(0.2)
             pub.disconnect()
             pub.loop_stop()
@@ -244,27 +233,6 @@ def test_qos0_intake_pauses_at_the_buffer_bound_and_loses_nothing(tmp_path: Path
     assert seen["paused"] is True
     assert seen["max_buf"] <= buffer
     assert sorted(sink.to_frame()["seq"].to_list()) == list(range(n))
-
-
-@contextlib.contextmanager
-def _broker_on(tmp: Path, port: int) -> Iterator[None]:
-    """A Mosquitto on ``port`` (the same port again after a restart, unlike ``private_mosquitto``)."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    conf = tmp / f"restart-{port}.conf"
-    conf.write_text(f"user root\npersistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "max_queued_messages 0\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _publish_all(port: int, topic: str, seqs: range) -> None:
@@ -281,9 +249,7 @@ def _publish_all(port: int, topic: str, seqs: range) -> None:
 @pytest.mark.server
 def test_the_source_reconnects_with_backoff_and_subscribes_again(tmp_path: Path) -> None:
     require("mosquitto")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     topic = unique("re")
     # no broker yet: the first attempts are refused and retried (0.1 s, 0.2 s, 0.4 s, ...)
     source = MqttSource(f"{topic}/+", connection=MqttConnection(port=port, reconnect_min=0.1, reconnect_max=0.5),
@@ -292,27 +258,21 @@ def test_the_source_reconnects_with_backoff_and_subscribes_again(tmp_path: Path)
     flow = Flow("mqtt-reconnect")
     flow.source(source).sink(sink)
 
-    async def until(cond: Callable[[], bool]) -> None:
-        for _ in range(1500):
-            if cond():
-                return
-            await asyncio.sleep(0.01)
-
     async def main() -> None:
         runner = flow.runner(max_delay="1ms")
         task = asyncio.create_task(runner.run_async())
         await asyncio.sleep(0.5)
         assert source.logic is not None and not source.logic.subscribed.is_set()
-        with _broker_on(tmp_path, port):
-            await until(source.logic.subscribed.is_set)
+        with private_mosquitto(tmp_path, port=port):
+            await until(source.logic.subscribed.is_set, timeout=15)
             await asyncio.to_thread(_publish_all, port, topic, range(0, 500))
-            await until(lambda: rows_in(sink) >= 500)
+            await until(lambda: rows_in(sink) >= 500, timeout=15)
         source.logic.subscribed.clear()  # the broker is gone; a new one must get a new subscription
         await asyncio.sleep(0.5)
-        with _broker_on(tmp_path, port):
-            await until(source.logic.subscribed.is_set)
+        with private_mosquitto(tmp_path, port=port):
+            await until(source.logic.subscribed.is_set, timeout=15)
             await asyncio.to_thread(_publish_all, port, topic, range(500, 1000))
-            await until(lambda: rows_in(sink) >= 1000)
+            await until(lambda: rows_in(sink) >= 1000, timeout=15)
             runner.stop()
             await task
 

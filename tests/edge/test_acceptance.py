@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import httpx
 import polars as pl
 import pytest
 
+from tests.net import free_port
 from tidegauge.edge.config import SensorsSection, load_sensors
 from tidegauge.edge.strategies import STRATEGIES, AgentInfo, assign, reassign
 from tidegauge.server import hash_token
@@ -47,12 +47,6 @@ RATE = 300  # readings/s each agent simulates: one a second per sensor, light en
 # location and capacity: gw-c takes half as many sensors as the others where a strategy weighs capacity
 AGENTS = {"gw-a": ("40.0,-100.0", 1000), "gw-b": ("50.0,10.0", 1000), "gw-c": ("-30.0,140.0", 500)}
 SENSORS = load_sensors(SensorsSection(simulator={"sensors": 300, "seed": 11}))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pipeline(tmp: Path, strategy: str, port: int) -> Path:
@@ -77,7 +71,7 @@ server:
 
 class Cluster:
     def __init__(self, tmp: Path, strategy: str) -> None:
-        self.tmp, self.port = tmp, _free_port()
+        self.tmp, self.port = tmp, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.pipeline = _pipeline(tmp, strategy, self.port)
@@ -122,7 +116,7 @@ class Cluster:
         self.files.append(open(self.tmp / f"{node}-{n}.err", "a"))  # closed in close()
         self.agents[node] = subprocess.Popen(
             [sys.executable, "-m", "tidegauge", "agent", "--id", node, "--upstream", self.url, "--token", TOKEN,
-             "--data-dir", str(data), "--listen", f"127.0.0.1:{_free_port()}", "--follow-assignment",
+             "--data-dir", str(data), "--listen", f"127.0.0.1:{free_port()}", "--follow-assignment",
              "--sensors", "300", "--seed", "11", "--rate", str(RATE), "--no-detect", "--forward", "readings",
              "--heartbeat-interval", f"{INTERVAL_S}s", "--checkpoint-interval", "500ms", f"--location={loc}",
              "--capacity", str(capacity)], cwd=self.tmp, env=self.env, stderr=self.files[-1])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import msgspec
 import pytest
 
 from tests.connectors.servers import require, unique
-from tests.edge.procs import free_port
+from tests.net import free_port, wait_port
 from tidegauge.connectors.http import ACCEPTED
 from tidegauge.edge.jetstream import JetStreamConfig, JetStreamIntake, JetStreamUplink
 from tidegauge.edge.outbox import Outbox, StreamPolicy
@@ -48,14 +47,7 @@ class NatsServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
+        wait_port(self.port, timeout=20, proc=self.proc, what="nats-server")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from tests.net import free_port
 from tests.server.helpers import TOKENS, server_config
 from tidegauge.dataflow import Flow, Runner
 from tidegauge.errors import ConnectorError
@@ -41,12 +41,6 @@ class _Failing:
     async def close(self) -> None: ...
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("mode", ["thread", "loop"])
 def test_a_finite_flow_ends_serve_with_its_result(mode: str) -> None:
     seen: dict[str, Any] = {}
@@ -59,7 +53,7 @@ def test_a_finite_flow_ends_serve_with_its_result(mode: str) -> None:
     flow2 = Flow("finite2")
     spy = Spy()
     flow2.source(MemorySource(ROWS)).sink(spy)
-    config = server_config(port=_port(), flow=mode)
+    config = server_config(port=free_port(), flow=mode)
     result = asyncio.run(serve(Runner(flow2), config, environ={"TG_TEST_ADMIN": TOKENS["admin"]},
                                handle_signals=False))
     assert result.records_in == 3 and spy.to_frame().height == 3
@@ -70,7 +64,7 @@ def test_a_finite_flow_ends_serve_with_its_result(mode: str) -> None:
 def test_a_failing_flow_raises_out_of_serve(mode: str) -> None:
     flow = Flow("failing")
     flow.source(_Failing()).sink(MemorySink())  # type: ignore[arg-type]
-    config = server_config(port=_port(), flow=mode)
+    config = server_config(port=free_port(), flow=mode)
     with pytest.raises(ConnectorError, match="the broker went away"):
         asyncio.run(serve(Runner(flow), config, environ={"TG_TEST_ADMIN": TOKENS["admin"]},
                           handle_signals=False))
@@ -80,7 +74,7 @@ def test_stopping_serve_stops_the_flow_thread(tmp_path: Path) -> None:
     flow = Flow("endless")
     flow.source(MemorySource(ROWS, stay_open=True)).sink(MemorySink())
     runner = Runner(flow, tick="20ms")
-    config = server_config(port=_port())
+    config = server_config(port=free_port())
 
     async def main() -> Any:
         started = asyncio.Event()

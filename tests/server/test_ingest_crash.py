@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import httpx
 import polars as pl
 import pytest
 
+from tests.net import free_port
 from tidegauge.server import hash_token
 
 TOKEN = "crash-token"
@@ -58,12 +58,6 @@ def _body(k: int) -> tuple[bytes, str, int]:
     return "\n".join(json.dumps(r) for r in records).encode() + b"\n", "application/x-ndjson", PER_BATCH
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(workdir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "tidegauge", "serve", "pipeline.yaml"], cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
@@ -94,7 +88,7 @@ def _post_all(url: str, batches: list[int], acked: set[int], cut: set[int], stop
 
 @pytest.mark.slow
 def test_every_acknowledged_record_survives_sigkill_exactly_once(tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     (tmp_path / "pipeline.yaml").write_text(_pipeline(port))
     url = f"http://127.0.0.1:{port}/api/v1/ingest"
     acked: set[int] = set()

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.dashboard.helpers import free_port
+from tests.net import free_port
 from tidegauge.connectors.simulator import SimulatorSource
 from tidegauge.dataflow import Flow, Runner
 from tidegauge.detectors import default_detector

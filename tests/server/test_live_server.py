@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import msgspec
 import pytest
 
 from tests.connectors.servers import require_promtool
+from tests.net import free_port
 from tests.server.helpers import TOKENS, server_config
 from tidegauge.connectors.http import HttpIngestSource
 from tidegauge.dataflow import CheckpointConfig, Flow, Runner
@@ -21,12 +21,6 @@ from tidegauge.testing import MemorySink
 GOOD = b'{"sensor_id":"S1","timestamp":"2026-01-01T00:00:00Z","temperature":21.5}'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _with_server(tmp: Path, body: object) -> tuple[object, MemorySink, MemorySink]:
     source = HttpIngestSource(tmp / "intake")
     flow = Flow("live")
@@ -34,7 +28,7 @@ async def _with_server(tmp: Path, body: object) -> tuple[object, MemorySink, Mem
     flow.source(source).sink(out, name="out")
     flow.dead_letters().sink(dead, name="dead")
     runner = Runner(flow, checkpoint=CheckpointConfig(tmp / "cp", interval="100ms"), max_delay="2ms", tick="20ms")
-    port = _free_port()
+    port = free_port()
     config = server_config(port=port, access_log=True)
     started = asyncio.Event()
     task = asyncio.create_task(serve(runner, config, environ={"TG_TEST_ADMIN": TOKENS["admin"]}, started=started))

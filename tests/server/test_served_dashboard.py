@@ -13,7 +13,7 @@ import httpx
 import polars as pl
 import pytest
 
-from tests.dashboard.helpers import free_port
+from tests.net import free_port
 from tests.server.helpers import TOKENS
 from tidegauge.cli.serve import served_pipeline
 from tidegauge.dataflow import CheckpointConfig, Flow, Runner

@@ -7,7 +7,6 @@ import datetime as dt
 import ipaddress
 import json
 import logging
-import socket
 import ssl
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.net import free_port, wait_port
 from tests.server.helpers import TOKENS, auth, harness, server_config
 from tidegauge.connectors.http import HttpIngestSource
 from tidegauge.dataflow import CheckpointConfig, Flow, Runner
@@ -49,12 +49,6 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_ingest_over_https_with_a_certificate_made_here(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
     source = HttpIngestSource(tmp_path / "intake")
@@ -63,7 +57,7 @@ def test_ingest_over_https_with_a_certificate_made_here(tmp_path: Path) -> None:
     flow.source(source).sink(out, name="out")
     runner = Runner(flow, checkpoint=CheckpointConfig(tmp_path / "cp", interval="100ms"), max_delay="2ms",
                     tick="20ms")
-    port = _free_port()
+    port = free_port()
     config = server_config(port=port, tls=TlsConfig(cert=str(cert), key=str(key)))
 
     async def main() -> tuple[dict[str, object], str]:
@@ -162,7 +156,7 @@ def test_serve_with_json_logs_writes_one_json_object_per_line(tmp_path: Path) ->
 
     from tidegauge.server import hash_token
 
-    port = _free_port()
+    port = free_port()
     (tmp_path / "pipeline.yaml").write_text(f"""
 name: logs
 source: {{http: {{log_dir: intake, durability: os}}}}
@@ -176,12 +170,7 @@ server:
     proc = subprocess.Popen([sys.executable, "-m", "tidegauge", "serve", str(tmp_path / "pipeline.yaml"),
                              "--log-format", "json"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_port(port, timeout=30, proc=proc, what="tidegauge serve")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
             for _ in range(100):  # 503 until the flow reads its source
                 r = c.post("/api/v1/ingest", content=GOOD, headers={**auth("ingest"),
