@@ -18,6 +18,10 @@ from tidegauge.dataflow.base import KEY_ID
 
 __all__ = ["KeyDictionary", "KeyDictionarySnapshot"]
 
+_TABLE_MIN_ROWS = 512
+"""Batches of string keys from this size are looked up in the compiled table, smaller ones in a dict
+(where the two cost the same: ``benchmarks/README.md``, 2026-12-05)."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,8 +44,11 @@ class KeyDictionary:
 
     def __init__(self, snapshot: KeyDictionarySnapshot | None = None) -> None:
         self._table: pl.DataFrame | None = None
-        # String keys are looked up in a compiled hash table kept between batches (see _keytable), built
-        # at the first batch from the snapshot's keys when restored.
+        # String keys: ``_table`` holds them in id order; two lookups follow it, each brought up to date
+        # with the keys added since its last use (so both give the same ids): a dict for small batches
+        # (~0.1 us a key, no fixed cost, no numba in a light flow) and, from _TABLE_MIN_ROWS rows, a
+        # compiled hash table kept between batches (see _keytable; ~30 ns a key plus ~20 us a batch).
+        self._index: dict[str, int] = {}
         self._strings: KeyTable | None = None
         if snapshot is not None and snapshot.values:
             dtype = _dtype_from_name(snapshot.dtype)
@@ -66,46 +73,58 @@ class KeyDictionary:
         """Ids of ``keys`` (new keys get new ids). ``keys`` must have no nulls."""
         if keys.dtype == pl.String and not keys.null_count() and (
                 self._table is None or self._table.schema["key"] == pl.String):
-            return self._encode_strings(keys)
-        self._strings = None  # keys of another type: the join path (rare: re-keyed or numeric keys)
-        return self._encode_join(keys)
+            if keys.len() < _TABLE_MIN_ROWS:
+                return self._encode_dict(keys)
+            return self._encode_table(keys)
+        return self._encode_join(keys)  # keys of another type (numeric keys; rare)
 
-    def _encode_strings(self, keys: pl.Series) -> pl.Series:
+    def _encode_dict(self, keys: pl.Series) -> pl.Series:
+        index = self._index
+        known = len(self)
+        if len(index) < known:
+            assert self._table is not None
+            base = len(index)
+            index.update((k, base + i) for i, k in enumerate(self._table["key"][base:].to_list()))
+        ids = []
+        new: list[str] = []
+        for k in keys.to_list():
+            i = index.get(k)
+            if i is None:
+                i = index[k] = known + len(new)
+                new.append(k)
+            ids.append(i)
+        if new:
+            self._append(pl.Series("key", new, dtype=pl.String), known)
+        return pl.Series(KEY_ID, ids, dtype=pl.UInt32)
+
+    def _encode_table(self, keys: pl.Series) -> pl.Series:
         table = self._strings
         if table is None:
             table = self._strings = KeyTable()
-            if self._table is not None:  # restored from a snapshot, or after a join: the same ids
-                table.encode(_large_strings(self._table["key"]))
-        known = len(table)
+        known = len(self)
+        if len(table) < known:  # keys added by the dict path or a snapshot: the same ids, in order
+            assert self._table is not None
+            table.encode(_large_strings(self._table["key"][len(table):]))
         ids = table.encode(_large_strings(keys))
         if len(table) > known:
-            new = pl.Series("key", table.keys(known, len(table)), dtype=pl.String)
-            added = pl.DataFrame({"key": new, KEY_ID: pl.arange(known, len(table), dtype=pl.UInt32, eager=True)})
-            self._table = added if self._table is None else pl.concat([self._table, added])
+            self._append(pl.Series("key", table.keys(known, len(table)), dtype=pl.String), known)
         return pl.Series(KEY_ID, ids, dtype=pl.UInt32)
+
+    def _append(self, new: pl.Series, start: int) -> None:
+        added = pl.DataFrame({"key": new, KEY_ID: pl.arange(start, start + new.len(), dtype=pl.UInt32, eager=True)})
+        self._table = added if self._table is None else pl.concat([self._table, added])
 
     def _encode_join(self, keys: pl.Series) -> pl.Series:
         frame = keys.alias("key").to_frame()
         if self._table is None:
-            new = keys.alias("key").unique(maintain_order=True)
-            self._table = pl.DataFrame(
-                {"key": new, KEY_ID: pl.arange(0, new.len(), dtype=pl.UInt32, eager=True)}
-            )
+            self._append(keys.alias("key").unique(maintain_order=True), 0)
         elif keys.dtype != self._table.schema["key"]:
             frame = frame.with_columns(pl.col("key").cast(self._table.schema["key"]))
+        assert self._table is not None
         joined = frame.join(self._table, on="key", how="left", maintain_order="left")
         ids = joined[KEY_ID]
         if ids.null_count():
-            new = joined.filter(pl.col(KEY_ID).is_null())["key"].unique(maintain_order=True)
-            start = self._table.height
-            self._table = pl.concat(
-                [
-                    self._table,
-                    pl.DataFrame(
-                        {"key": new, KEY_ID: pl.arange(start, start + new.len(), dtype=pl.UInt32, eager=True)}
-                    ),
-                ]
-            )
+            self._append(joined.filter(pl.col(KEY_ID).is_null())["key"].unique(maintain_order=True), len(self))
             ids = frame.join(self._table, on="key", how="left", maintain_order="left")[KEY_ID]
         return ids.alias(KEY_ID)
 
