@@ -42,10 +42,16 @@ _AGENT_IMPORTS = (
 )
 
 
+def _run(code: str) -> list[str]:
+    """What ``code`` prints in a fresh interpreter, split in words (it must exit 0)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
 def test_importing_the_agent_and_every_kernel_module_does_not_import_numba() -> None:
     code = _AGENT_IMPORTS + "print(sorted(m for m in ('numba', 'llvmlite', 'scipy') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert _run(code) == ["[]"]
 
 
 def test_first_detector_and_window_use_loads_numba_and_computes() -> None:
@@ -69,13 +75,12 @@ def test_first_detector_and_window_use_loads_numba_and_computes() -> None:
         "print('numba' in sys.modules, res['is_anomaly'][-1], res['is_anomaly'][:-1].any(), "
         "wins.to_frame()['v_count'].to_list(), wins.to_frame()['v_max'].to_list())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True", "False", "[50]", "[90.0]"]
+    assert _run(code) == ["True", "True", "False", "[50]", "[90.0]"]
 
 
 def test_a_flow_without_detectors_or_windows_never_loads_numba() -> None:
-    """Event time (watermarks) is vectorised with numpy; only a future-stamped record needs the compiled loop."""
+    """Event time (watermarks) is vectorised with numpy; only a future-stamped record needs the compiled loop.
+    Keys of batches under 512 rows are looked up in a dict (larger ones in the compiled key table)."""
     code = (
         "import sys, polars as pl\n"
         "from tidegauge.dataflow import Flow\n"
@@ -89,9 +94,7 @@ def test_a_flow_without_detectors_or_windows_never_loads_numba() -> None:
         "flow.run()\n"
         "print('numba' in sys.modules, out.to_frame().height)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "40"]
+    assert _run(code) == ["False", "40"]
 
 
 def test_the_agent_cli_and_the_server_package_do_not_import_pyarrow() -> None:
@@ -103,6 +106,4 @@ def test_the_agent_cli_and_the_server_package_do_not_import_pyarrow() -> None:
         "import tidegauge.server, tidegauge.connectors.http, tidegauge._size\n"
         "print('pyarrow' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False"]
+    assert _run(code) == ["False"]
