@@ -358,6 +358,11 @@ def server_config(config: PipelineConfig, *, base_dir: str | Path = ".", host: s
     except ConfigError as exc:
         raise ConfigError(f"at $.server: {exc}") from None
     server = msgspec.structs.replace(server, **{k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    dead = config.dead_letter
+    if server.history.postgres is None and server.history.dead_letters is None and dead is not None and dead.file:
+        # the dead-letter endpoint reads what the pipeline's own dead-letter file sink writes
+        server = msgspec.structs.replace(server, history=msgspec.structs.replace(server.history,
+                                                                                   dead_letters=dead.file))
     return _relative_to(server, Path(base_dir))
 
 

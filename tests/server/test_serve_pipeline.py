@@ -70,6 +70,40 @@ def test_served_pipeline_ingest_then_query(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_dead_letters_in_jsonl_are_served_from_the_pipelines_own_dead_letter_sink(tmp_path: Path) -> None:
+    """No ``history.dead_letters``: the endpoint reads the pipeline's ``dead_letter`` file, here JSONL."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE.replace("dead_letter: {file: out/dead.parquet}", "dead_letter: {file: out/dead.jsonl}")
+                    .replace(", dead_letters: out/dead.parquet", ""))
+    runner, config = build_served_pipeline(path)
+    assert config.history.dead_letters == str(tmp_path / "out/dead.jsonl")
+    app = build_app(runner, config, environ={"TG_OPS": TOKENS["read"]})
+
+    async def main() -> list[dict[str, object]]:
+        task = asyncio.create_task(runner.run_async())
+        while runner.flow.nodes["http"].definition.logic is None:
+            await asyncio.sleep(0.005)
+        read = {"authorization": f"Bearer {TOKENS['read']}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tg") as c:
+            r = await c.post("/api/v1/ingest", content=b'{"sensor_id":"a","timestamp":1767225600}\n{bad\n[1]',
+                             headers={"authorization": f"Bearer {TOKENS['ingest']}"})
+            assert r.json()["accepted"] == 1 and len(r.json()["rejected"]) == 2, r.text
+            dead: list[dict[str, object]] = []
+            for _ in range(500):  # until a checkpoint committed the part
+                dead = (await c.get("/api/v1/dead-letters", headers=read)).json()["rows"]
+                if len(dead) == 2:
+                    break
+                await asyncio.sleep(0.02)
+        runner.stop()
+        await task
+        return dead
+
+    dead = asyncio.run(main())
+    assert sorted(str(row["payload"]) for row in dead) == ["[1]", "{bad"]
+    assert all(row["reason"] for row in dead)
+    assert list((tmp_path / "out/dead.jsonl.parts").glob("*.jsonl"))
+
+
 def test_hash_token_needs_no_pipeline_and_serve_without_one_says_so() -> None:
     import subprocess
     import sys

@@ -2,9 +2,11 @@
 PostgreSQL tables when ``history.postgres`` is set (:mod:`tidegauge.server.history_pg`).
 
 History is read from :class:`~tidegauge.connectors.files.FileSink` outputs named in the server config
-(``history: {readings: out/readings.parquet, windows: ..., anomalies: ..., dead_letters: ...}``): the
-committed parts ``<path>.parts/*.parquet`` (readable while the flow runs) and ``<path>`` itself once a
-finite run closed it. Every endpoint needs the ``read`` scope; queries run in a worker thread.
+(``history: {readings: out/readings.parquet, windows: ..., anomalies: ..., dead_letters: ...}``), in any
+of the sink's formats (Parquet, JSONL, CSV): the committed parts ``<path>.parts/*`` (readable while the
+flow runs) and ``<path>`` itself once a finite run closed it. A served pipeline whose ``dead_letter:``
+sink is a file reads its dead letters there unless ``history.dead_letters`` says otherwise. Every
+endpoint needs the ``read`` scope; queries run in a worker thread.
 
 ``GET /api/v1/sensors``                       latest reading per sensor, with ``last_seen``
 ``GET /api/v1/sensors/{id}/series``           readings of one sensor in ``[start, end)``; with
@@ -70,23 +72,32 @@ async def dead_letters(request: Request) -> Response:
     return await _table(request, "dead_letters", "rejected_at")
 
 
+_READERS = {".parquet": "read_parquet", ".jsonl": "read_json_auto", ".csv": "read_csv_auto"}
+"""DuckDB's reader for each of FileSink's formats (dead letters are often JSONL: their payloads stay text)."""
+
+
 def _files(path: str | None) -> list[str]:
+    """The committed files of a FileSink output: its parts (a directory's files when ``path`` ends in
+    ``/``), else the final file of a finished run; all of one format (the sink writes one)."""
     if path is None:
         return []
     p = Path(path)
-    if path.endswith("/"):
-        return sorted(str(f) for f in p.glob("*.parquet"))
-    parts = sorted(str(f) for f in Path(f"{path}.parts").glob("*.parquet"))
-    return parts or ([str(p)] if p.is_file() else [])
+    folder = p if path.endswith("/") else Path(f"{path}.parts")
+    for ext in _READERS:
+        parts = sorted(str(f) for f in folder.glob(f"*{ext}"))
+        if parts:
+            return parts
+    return [str(p)] if not path.endswith("/") and p.is_file() else []
 
 
 def _query(files: list[str], sql: str, params: list[Any]) -> list[dict[str, Any]]:
     import duckdb
 
+    reader = _READERS.get(Path(files[0]).suffix, "read_parquet")
     with duckdb.connect() as con:
         # file names come from the server config, not from requests; quoted all the same
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet([{listed}], union_by_name = true)")
+        con.execute(f"CREATE VIEW t AS SELECT * FROM {reader}([{listed}], union_by_name = true)")
         # through Arrow/polars: typed columns (UTC datetimes) without DuckDB's Python row conversion
         table = con.sql(sql, params=params).to_arrow_table()
         rows: list[dict[str, Any]] = pl.DataFrame(pl.from_arrow(table)).to_dicts()
