@@ -285,20 +285,17 @@ class Runner:
             self._cp_interval_us = cfg.interval_us()
             self._cp_every = cfg.every_batches
             cp = self._store.latest()
+            new_nodes: set[str] = set()
             if cp is not None:
-                found = cp.meta.get("fingerprint")
-                if found != self._fingerprint():
-                    raise CheckpointError(
-                        f"the checkpoint in {cfg.dir} (epoch {cp.epoch}) was written by a different pipeline "
-                        f"({found}) than this one ({self._fingerprint()}); point checkpoint.dir at a new "
-                        "directory or delete the old one"
-                    )
+                new_nodes = self._check_restorable(cp, cfg.dir)
                 self.epoch = cp.epoch
                 self.restored_from = cp.epoch
                 logger.info("restoring from checkpoint epoch %d", cp.epoch)
 
         def load(name: str, type_: type | None) -> Any:
-            return None if cp is None or type_ is None else cp.load(name, type_)
+            if cp is None or type_ is None or name.partition(":")[2] in new_nodes:
+                return None
+            return cp.load(name, type_)
 
         snap = load("keys", KeyDictionarySnapshot)
         self.keys = KeyDictionary(snap)
@@ -322,6 +319,31 @@ class Runner:
                 self._logic[node.id] = d.build(load(f"step:{node.id}", getattr(d, "snapshot_type", None)))
             elif node.kind == "sink":
                 self._sinks[node.id] = d.build(load(f"sink:{node.id}", d.snapshot_type))
+
+    def _check_restorable(self, cp: Any, where: Any) -> set[str]:
+        """The nodes of this flow that the checkpoint ``cp`` does not have (they start empty, as a new
+        operator does in Flink); :class:`CheckpointError` if it has a node this flow lacks, or one of
+        another kind: its state would be lost or read as something else."""
+        found = str(cp.meta.get("fingerprint", ""))
+        ours = self._fingerprint()
+        if found == ours:
+            return set()
+        theirs = dict(part.partition("=")[::2] for part in found.split(";") if part)
+        mine = dict(part.partition("=")[::2] for part in ours.split(";") if part)
+        gone = [f"{n} ({t})" for n, t in theirs.items() if n not in mine]
+        changed = [f"{n} ({theirs[n]} -> {t})" for n, t in mine.items() if n in theirs and theirs[n] != t]
+        if gone or changed:
+            what = "; ".join(x for x in (f"not in this pipeline: {', '.join(gone)}" if gone else "",
+                                         f"of another kind now: {', '.join(changed)}" if changed else "") if x)
+            raise CheckpointError(
+                f"the checkpoint in {where} (epoch {cp.epoch}) was written by a different pipeline ({what}); "
+                "its state cannot be restored into this one: point checkpoint.dir at a new directory or "
+                "delete the old one"
+            )
+        new = set(mine) - set(theirs)
+        logger.warning("checkpoint epoch %d has no state for %s (added to the pipeline since): they start empty",
+                       cp.epoch, ", ".join(sorted(new)))
+        return new
 
     def _fingerprint(self) -> str:
         # steps that only observe (``observes_only``: they emit nothing and keep no state, like the dashboard's
