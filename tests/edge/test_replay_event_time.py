@@ -99,9 +99,11 @@ def _run(tmp: Path, *, per_agent: bool) -> tuple[pl.DataFrame, pl.DataFrame, pl.
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 done = pl.concat(out.frames) if out.frames else pl.DataFrame()
-                if done.height and done.filter(pl.col("sensor_id") == "a1")["window_end"].max() is not None and \
-                        done.filter(pl.col("sensor_id").is_in(["a1", "b1"]))["window_end"].max().timestamp() * 1e6 \
-                        >= closer - 3_000_000 - 1_000_000:
+                # every agent's last window of the run closed (each agent has a watermark of its own: one
+                # agent's windows closing says nothing of the other's)
+                ends = [done.filter(pl.col("sensor_id") == s)["window_end"].max() if done.height else None
+                        for s in ("a1", "b1")]
+                if all(e is not None and e.timestamp() * 1e6 >= closer - 3_000_000 - 1_000_000 for e in ends):
                     break
                 await asyncio.sleep(0.05)
         runner.stop()
