@@ -20,13 +20,12 @@ from pathlib import Path
 import httpx
 import msgspec
 import nats
-import paho.mqtt.client as paho
 import polars as pl
 import pytest
 from nats.js.api import StreamConfig
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.connectors.servers import private_mosquitto, require, rows_in, unique
+from tests.connectors.servers import paho_publisher, private_mosquitto, require, rows_in, unique
 from tests.net import until
 from tests.server.helpers import TOKENS, server_config
 from tidegauge.connectors.http import HttpIngestSource
@@ -149,35 +148,31 @@ def test_mqtt_intake_pauses_at_the_buffer_bound_and_loses_nothing(tmp_path: Path
 
         async def main() -> dict[str, object]:
             task = asyncio.create_task(runner.run_async())
-            while source.logic is None or not source.logic.subscribed.is_set():
-                await asyncio.sleep(0.01)
-            pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
-            pub.connect("127.0.0.1", port)
-            pub.loop_start()
-            infos = [pub.publish(f"{topic}/s{i % 5}", msgspec.json.encode(
-                {"timestamp": f"2026-01-01T00:00:{i % 60:02d}Z", "seq": i}), qos=1) for i in range(n)]
-            seen: dict[str, object] = {"max_buf": 0, "paused": False}
-            logic = source.logic
-            for _ in range(500):  # while the sink is slow
-                seen["max_buf"] = max(int(seen["max_buf"]), logic.lag())  # type: ignore[call-overload]
-                if logic.paused:
-                    seen["paused"] = True
-                    fams = {f.name: f for f in source_pressure(runner)}
-                    seen["paused_metric"] = fams["tidegauge_source_paused"].samples[0].value
-                    seen["lag_metric"] = fams["tidegauge_source_lag_messages"].samples[0].value
-                    seen["behind"] = n - rows_in(sink)
-                    break
-                await asyncio.sleep(0.01)
-            sink.slow.clear()
-            await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
-            for _ in range(3000):
-                seen["max_buf"] = max(int(seen["max_buf"]), logic.lag())  # type: ignore[call-overload]
-                if rows_in(sink) >= n:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # anything beyond n (a duplicate) would show up here
-            pub.disconnect()
-            pub.loop_stop()
+            await until(lambda: source.logic is not None and source.logic.subscribed.is_set())
+            with paho_publisher(port) as pub:
+                infos = [pub.publish(f"{topic}/s{i % 5}", msgspec.json.encode(
+                    {"timestamp": f"2026-01-01T00:00:{i % 60:02d}Z", "seq": i}), qos=1) for i in range(n)]
+                seen: dict[str, object] = {"max_buf": 0, "paused": False}
+                logic = source.logic
+                assert logic is not None
+                for _ in range(500):  # while the sink is slow
+                    seen["max_buf"] = max(int(seen["max_buf"]), logic.lag())  # type: ignore[call-overload]
+                    if logic.paused:
+                        seen["paused"] = True
+                        fams = {f.name: f for f in source_pressure(runner)}
+                        seen["paused_metric"] = fams["tidegauge_source_paused"].samples[0].value
+                        seen["lag_metric"] = fams["tidegauge_source_lag_messages"].samples[0].value
+                        seen["behind"] = n - rows_in(sink)
+                        break
+                    await asyncio.sleep(0.01)
+                sink.slow.clear()
+                await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
+                for _ in range(3000):
+                    seen["max_buf"] = max(int(seen["max_buf"]), logic.lag())  # type: ignore[call-overload]
+                    if rows_in(sink) >= n:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # anything beyond n (a duplicate) would show up here
             runner.stop()
             await task
             return seen

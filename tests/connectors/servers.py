@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,19 @@ def private_mosquitto(tmp: Path, *, cert: Path | None = None, key: Path | None =
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def paho_publisher(port: int) -> Iterator[Any]:
+    """A paho client connected to the broker on 127.0.0.1:``port``, its network loop running; disconnected
+    at the end."""
+    import paho.mqtt.client as paho
+
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    try:
+        yield pub
+    finally:
+        pub.disconnect()
+        pub.loop_stop()

@@ -14,11 +14,10 @@ import asyncio
 from pathlib import Path
 
 import msgspec
-import paho.mqtt.client as paho
 import polars as pl
 import pytest
 
-from tests.connectors.servers import private_mosquitto, require, rows_in, unique
+from tests.connectors.servers import paho_publisher, private_mosquitto, require, rows_in, unique
 from tests.net import free_port, until
 from tidegauge.connectors._mqtt_loop import _FramedSocket
 from tidegauge.connectors.mqtt import MqttConnection, MqttSource
@@ -168,17 +167,12 @@ def test_qos0_and_qos1_messages_on_one_subscription_all_arrive_once(tmp_path: Pa
         async def main() -> None:
             runner = flow.runner(max_delay="1ms")
             task = asyncio.create_task(runner.run_async())
-            while source.logic is None or not source.logic.subscribed.is_set():
-                await asyncio.sleep(0.01)
-            pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
-            pub.connect("127.0.0.1", port)
-            pub.loop_start()
-            infos = [pub.publish(f"{topic}/s{i % 3}", _reading(i), qos=i % 2) for i in range(n)]
-            await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
-            await until(lambda: rows_in(sink) >= n)
-            await asyncio.sleep(0.2)  # a duplicate would show up here
-            pub.disconnect()
-            pub.loop_stop()
+            await until(lambda: source.logic is not None and source.logic.subscribed.is_set())
+            with paho_publisher(port) as pub:
+                infos = [pub.publish(f"{topic}/s{i % 3}", _reading(i), qos=i % 2) for i in range(n)]
+                await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
+                await until(lambda: rows_in(sink) >= n)
+                await asyncio.sleep(0.2)  # a duplicate would show up here
             runner.stop()
             await task
 
@@ -204,9 +198,9 @@ def test_qos0_intake_pauses_at_the_buffer_bound_and_loses_nothing(tmp_path: Path
         async def main() -> None:
             runner = flow.runner(max_batch=50, max_delay="1ms", queue_batches=1)
             task = asyncio.create_task(runner.run_async())
-            while source.logic is None or not source.logic.subscribed.is_set():
-                await asyncio.sleep(0.01)
+            await until(lambda: source.logic is not None and source.logic.subscribed.is_set())
             logic = source.logic
+            assert logic is not None
             original = logic.next_batch
 
             async def slow_next_batch(max_rows: int, max_delay_s: float) -> pl.DataFrame | None:
@@ -217,15 +211,11 @@ def test_qos0_intake_pauses_at_the_buffer_bound_and_loses_nothing(tmp_path: Path
                 return await original(max_rows, max_delay_s)
 
             logic.next_batch = slow_next_batch  # type: ignore[method-assign]
-            pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
-            pub.connect("127.0.0.1", port)
-            pub.loop_start()
-            infos = [pub.publish(f"{topic}/s{i % 5}", _reading(i), qos=0) for i in range(n)]
-            await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
-            await until(lambda: rows_in(sink) >= n)
-            await asyncio.sleep(0.2)
-            pub.disconnect()
-            pub.loop_stop()
+            with paho_publisher(port) as pub:
+                infos = [pub.publish(f"{topic}/s{i % 5}", _reading(i), qos=0) for i in range(n)]
+                await asyncio.to_thread(lambda: [i.wait_for_publish(30) for i in infos])
+                await until(lambda: rows_in(sink) >= n)
+                await asyncio.sleep(0.2)
             runner.stop()
             await task
 
@@ -236,14 +226,10 @@ def test_qos0_intake_pauses_at_the_buffer_bound_and_loses_nothing(tmp_path: Path
 
 
 def _publish_all(port: int, topic: str, seqs: range) -> None:
-    pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    infos = [pub.publish(f"{topic}/s{i % 3}", _reading(i), qos=1) for i in seqs]
-    for info in infos:
-        info.wait_for_publish(30)
-    pub.disconnect()
-    pub.loop_stop()
+    with paho_publisher(port) as pub:
+        infos = [pub.publish(f"{topic}/s{i % 3}", _reading(i), qos=1) for i in seqs]
+        for info in infos:
+            info.wait_for_publish(30)
 
 
 @pytest.mark.server
