@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from pathlib import Path
 
 import polars as pl
@@ -158,3 +160,23 @@ def test_sink_in_a_flow_is_exactly_once_across_restarts(tmp_path: Path) -> None:
     assert values["v"].to_list() == list(range(1000))
     assert values["edge_seq"].to_list() == list(range(1, 1001))
     assert isinstance(OutboxSink(box, "readings").build(OutboxSinkState("readings", 1000)), object)
+
+
+def test_drops_are_logged_once_a_minute_per_stream_and_reason(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(1_000_000_000)
+    box = Outbox(tmp_path / "o.db", {"s": StreamPolicy(max_bytes=1000, overflow="drop_oldest")}, clock=clock)
+    caplog.set_level(logging.WARNING, logger="tidegauge.edge.outbox")
+    for i in range(20):  # every append over the limit drops
+        box.append("s", payloads(5, start=5 * i))
+        box.commit_seq("s", 5 * (i + 1))
+    drops = box.stats("s").drops["overflow"]
+    assert drops > 20
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+    clock.advance("61s")
+    box.append("s", payloads(5, start=100))
+    assert len(caplog.records) == 2
+    first = int(re.search(r"dropped (\d+)", caplog.records[0].getMessage()).group(1))  # type: ignore[union-attr]
+    since = int(re.search(r"(\d+) more since", caplog.records[1].getMessage()).group(1))  # type: ignore[union-attr]
+    now = int(re.search(r"dropped (\d+)", caplog.records[1].getMessage()).group(1))  # type: ignore[union-attr]
+    assert first + since + now == box.stats("s").drops["overflow"]

@@ -49,6 +49,9 @@ __all__ = ["FsyncPolicy", "Outbox", "OutboxBatch", "OutboxStats", "OverflowPolic
 
 logger = logging.getLogger(__name__)
 
+_DROP_LOG_EVERY_US = 60_000_000
+"""Drops of one stream and reason are logged at most once a minute (with the count since the last)."""
+
 OverflowPolicy = Literal["reject_new", "drop_oldest"]
 FsyncPolicy = Literal["checkpoint", "always", "os"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -182,6 +185,7 @@ class Outbox:
         self.fsync = fsync
         self.clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
+        self._drop_log: dict[tuple[str, str], tuple[int, int]] = {}  # (stream, reason) -> (logged at, since)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         # a block (up to ~28 KiB) fits in one page, no overflow chain of 4 KiB pages each read and freed on
         # its own: appends, reads and deletes about 2-3x faster. Takes effect only when the file is created
@@ -357,7 +361,17 @@ class Outbox:
             return
         self._db.execute("INSERT INTO drops VALUES (?, ?, ?) ON CONFLICT (stream, reason) "
                          "DO UPDATE SET records = records + excluded.records", (stream, reason, n))
-        logger.warning("outbox %s: dropped %d records (%s)", stream, n, reason)
+        # one warning per stream and reason a minute (a full outbox drops at every append): the first drop
+        # at once, then what was dropped since; the counts are in stats() and the metrics anyway
+        now = self.clock.now_us()
+        logged, since = self._drop_log.get((stream, reason), (None, 0))
+        if logged is None or now - logged >= _DROP_LOG_EVERY_US:
+            more = f", {since} more since the last warning" if since else ""
+            logger.warning("outbox %s: dropped %d records (%s%s); next warning for this in a minute at the "
+                           "earliest", stream, n, reason, more)
+            self._drop_log[(stream, reason)] = (now, 0)
+        else:
+            self._drop_log[(stream, reason)] = (logged, since + n)
 
     def _drop_oldest(self, s: _Stream, need: int) -> None:
         """Delete the oldest records of ``s`` until ``need`` bytes are free (inside the caller's transaction)."""
