@@ -15,6 +15,9 @@ since writes are upserts on ``key``). How it follows the checkpoint protocol:
 
 Rows replayed after a crash land on the same key and replace themselves, so the target holds one row per key
 (e.g. ``(sensor_id, window_start)``) whatever the number of replays.
+
+The staging table stays after a run (empty once its last checkpoint is committed): a restart needs it
+between ``pre_commit`` and ``commit``. It belongs to the sink; drop it along with the target.
 """
 
 from __future__ import annotations
