@@ -82,6 +82,14 @@ def test_alerting_example_runs(readings_dir: Path) -> None:
     assert still and still <= got <= ever and len(ever) < windows["sensor_id"].n_unique()
     assert {a["state"] for a in alerts if a["rule"] == "Overheating"} == {"pending"}
     assert all(a["labels"]["team"] == "plant" for a in alerts if a["rule"] == "Overheating")
+    # the rate rule runs on the windows' 10 s means: only a sensor whose mean climbed over 0.5 C a second
+    # between two windows can have it (on raw readings, noise between close readings fired it for most)
+    steps = (windows.sort("sensor_id", "window_start")
+             .with_columns(rate=pl.col("temperature_mean").diff().over("sensor_id")
+                           / pl.col("window_start").diff().over("sensor_id").dt.total_seconds()))
+    climbed = set(steps.filter(pl.col("rate") > 0.5)["sensor_id"].to_list())
+    jumped = {a["labels"]["sensor_id"] for a in alerts if a["rule"] == "TemperatureJump"}
+    assert jumped <= climbed and len(climbed) < windows["sensor_id"].n_unique() // 2, (jumped, climbed)
 
 
 def test_server_example_is_a_valid_pipeline_file(tmp_path: Path) -> None:
