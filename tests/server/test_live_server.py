@@ -54,7 +54,9 @@ def test_http_and_websocket_ingest_on_a_real_server(tmp_path: Path) -> None:
         async with websockets.connect(f"ws://{addr}/api/v1/ingest/ws", additional_headers=hdrs) as ws:
             for msg in (GOOD, b"[" + GOOD + b"," + GOOD + b"]", b"oops"):
                 await ws.send(msg)
-                acks.append(msgspec.json.decode(await ws.recv()))
+                answer = await ws.recv()
+                assert isinstance(answer, str)  # a text frame: what a browser's JSON.parse takes
+                acks.append(msgspec.json.decode(answer))
         with pytest.raises(websockets.exceptions.InvalidStatus):
             async with websockets.connect(f"ws://{addr}/api/v1/ingest/ws"):
                 pass

@@ -38,6 +38,13 @@ __all__ = ["ingest_asgi", "ingest_http", "ingest_ws"]
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _encode_text(value: Any) -> str:
+    """JSON as a str: WebSocket answers go as text frames (a browser gets a string, not a Blob)."""
+    return _encode(value).decode()
+
+
 _PREPARE_HERE_BYTES = 64 * 1024
 """Bodies smaller than this (about 400 readings; 0.1 ms of validation) are validated on the event loop, the
 bigger ones in the intake log's preparing threads (the compiled reader releases the GIL there)."""
@@ -228,10 +235,10 @@ async def ingest_ws(ws: WebSocket) -> None:
             data = message.get("bytes") or (message.get("text") or "").encode("utf-8", "surrogatepass")
             refusal = _refusal(state, principal.name, len(data))
             if refusal is not None:
-                await ws.send_bytes(_encode({"seq": seq, **refusal}))
+                await ws.send_text(_encode_text({"seq": seq, **refusal}))
             else:
                 result = await _validate_and_append(state, data, None, principal.sensors)
-                await ws.send_bytes(_encode({"seq": seq, **_answer(result)}))
+                await ws.send_text(_encode_text({"seq": seq, **_answer(result)}))
             seq += 1
     except WebSocketDisconnect:
         return
