@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from tests.connectors.servers import require, rows_in, run_until, unique
+from tests.net import until
 from tidegauge.dataflow import Flow
 from tidegauge.dataflow.runner import CheckpointConfig
 from tidegauge.testing import MemorySink, MemorySource
@@ -166,3 +167,29 @@ def test_invalid_options() -> None:
         MqttSource("a/#", session="persistent")
     with pytest.raises(ValueError, match="qos"):
         MqttSource("a/#", qos=2)  # type: ignore[arg-type]
+
+
+@pytest.mark.server
+def test_source_and_sink_sockets_send_without_nagle_delay() -> None:
+    """paho leaves Nagle's algorithm on: a PUBACK or a small PUBLISH then waits up to 40 ms for the broker's
+    delayed ACK (the whole of the publish-to-output tail measured at 10,000 readings/s)."""
+    import socket
+
+    require("mosquitto")
+    base = unique("nodelay")
+    source = MqttSource(f"{base}/+", qos=1, template=f"{base}/{{sensor_id}}")
+    sink = MqttSink(f"{base}/{{sensor_id}}/out")
+
+    async def main() -> tuple[int, int]:
+        logic = source.build(None)
+        await until(logic.subscribed.is_set, timeout=10)
+        out = sink.build(None)
+        await asyncio.to_thread(out._connected.wait, 10)
+        flags = (logic._client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                 out._client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        await out.close()
+        await logic.close()
+        return flags
+
+    source_flag, sink_flag = asyncio.run(main())
+    assert source_flag and sink_flag

@@ -24,7 +24,9 @@ Backpressure: :meth:`AsyncioPaho.pause` stops watching the socket, so nothing is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -156,8 +158,29 @@ class _FramedSocket:
         return getattr(self._sock, name)
 
 
-class BufferedClient(paho.Client):
-    """A paho client whose socket is a :class:`_FramedSocket` (MQTT 3.1.1 framing)."""
+def no_delay(sock: Any) -> None:
+    """Turn Nagle's algorithm off on a client socket (paho leaves it on).
+
+    With it on, a small packet written while an earlier one is unacknowledged (a PUBLISH after a PUBLISH,
+    a PUBACK after a PUBACK) waits for the broker's delayed ACK: up to 40 ms on Linux. Measured with
+    ``benchmarks/mqtt_intake.py``: the publish-to-output tail at 10,000 readings/s was ~40-48 ms, nearly
+    all of it this (the load generator's and the broker's sockets too: see the benchmark's README).
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not TCP (a unix socket, a websocket transport)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class NoDelayClient(paho.Client):
+    """A paho client whose TCP socket sends each packet at once (:func:`no_delay`)."""
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        no_delay(sock)
+        return sock
+
+
+class BufferedClient(NoDelayClient):
+    """A paho client whose socket is a :class:`_FramedSocket` (MQTT 3.1.1 framing), without Nagle's delay."""
 
     def _create_socket(self) -> Any:
         return _FramedSocket(super()._create_socket())

@@ -20,7 +20,9 @@ MQTT cannot replay: what the broker handed over and the client acknowledged is g
 Broker setting every user needs: Mosquitto keeps at most ``max_queued_messages`` (default 1,000) messages
 queued per client and **silently drops the rest**, QoS 1 included, as soon as a subscriber falls behind (a
 burst, a checkpoint pause, a slow step). Set ``max_queued_messages 0`` (or a bound sized for your bursts) and,
-for offline persistent sessions, ``persistence true``.
+for offline persistent sessions, ``persistence true``. For latency, ``set_tcp_nodelay true``: Mosquitto
+leaves Nagle's algorithm on by default, and a message to a subscriber then waits up to 40 ms for the
+subscriber's delayed ACK (tidegauge's own sockets have it off: :func:`._mqtt_loop.no_delay`).
 
 The source's client runs on the flow's event loop (no network thread) and QoS 0 messages are read past
 paho's per-message machinery (see :mod:`tidegauge.connectors._mqtt_loop`). Backpressure: messages go into
@@ -56,7 +58,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("paho-mqtt", "mqtt") from exc
 
-from tidegauge.connectors._mqtt_loop import AsyncioPaho, BufferedClient  # needs paho, checked above
+from tidegauge.connectors._mqtt_loop import AsyncioPaho, BufferedClient, NoDelayClient  # needs paho, checked above
 
 __all__ = ["MqttConnection", "MqttSink", "MqttSource", "MqttSourceState", "MqttTls"]
 
@@ -94,7 +96,7 @@ class MqttConnection:
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
 
-    def client(self, *, clean_session: bool, factory: type[paho.Client] = paho.Client) -> paho.Client:
+    def client(self, *, clean_session: bool, factory: type[paho.Client] = NoDelayClient) -> paho.Client:
         """A configured, not yet connected paho client (of class ``factory``)."""
         c = factory(
             CallbackAPIVersion.VERSION2,
