@@ -66,6 +66,9 @@ def agent(
     max_age: Annotated[str | None, _opt("Age limit per stream, e.g. readings=1d.", "MAX_AGE", "--max-age")] = None,
     batch_records: Annotated[int, _opt("Largest batch sent upstream (records).", "BATCH_RECORDS",
                                        "--batch-records")] = 10_000,
+    uplink_timeout: Annotated[str, _opt("How long a batch or heartbeat waits for the upstream's answer before it "
+                                        "counts as a link failure (backoff, then the circuit breaker).",
+                                        "UPLINK_TIMEOUT", "--uplink-timeout")] = "10s",
     location: Annotated[str | None, _opt("lat,lon of the gateway (for geo assignment).", "LOCATION",
                                          "--location")] = None,
     labels: Annotated[str | None, _opt("Labels, e.g. site=north,line=2.", "LABELS", "--labels")] = None,
@@ -128,7 +131,7 @@ def agent(
             raise ConfigError(f"--location {location!r}: use lat,lon (e.g. 52.37,4.89)") from None
         loc = (lat, lon)
     config = AgentConfig(node_id=id, upstream=upstream, data_dir=str(data_dir), token=token, streams=streams,
-                         fsync=fsync, uplink=UplinkConfig(batch_records=batch_records),  # type: ignore[arg-type]
+                         fsync=fsync, uplink=UplinkConfig(batch_records=batch_records, timeout=uplink_timeout),  # type: ignore[arg-type]
                          checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
                          sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
                          location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment,
