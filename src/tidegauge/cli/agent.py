@@ -35,9 +35,9 @@ def agent(
     id: Annotated[str, _opt("The agent's id (unique in the fleet).", "ID", "--id")],
     upstream: Annotated[str, _opt("Base URL of the upstream tidegauge server (http:// or https://), NATS "
                                   "server(s) (nats://host:4222, comma-separated) to publish to JetStream, or an "
-                                  "MQTT v5 broker (mqtt://[user@]host:1883, mqtts:// for TLS) whose upstream "
-                                  "runs serve --edge-mqtt: a batch leaves the outbox when the upstream answers "
-                                  "it, not when the broker takes it.", "UPSTREAM", "--upstream")],
+                                  "MQTT v5 broker (mqtt://host:1883 or mqtt://NAME@host:1883, mqtts:// for TLS) "
+                                  "whose upstream runs serve --edge-mqtt: a batch leaves the outbox when the "
+                                  "upstream answers it, not when the broker takes it.", "UPSTREAM", "--upstream")],
     data_dir: Annotated[Path, _opt("Outbox, checkpoints and local state.", "DATA_DIR", "--data-dir")],
     token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest); with mqtt(s):// the MQTT "
                                       "password (user name: the URL's, else --id).", "TOKEN", "--token")] = None,

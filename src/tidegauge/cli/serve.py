@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 _EDGE_MQTT = typer.Option(
     "--edge-mqtt", help="Also take edge agents' batches from an MQTT v5 broker (agents run with --upstream "
-    "mqtt://...): mqtt://[user@]host:1883 or mqtts://...; each batch is answered on PREFIX-ack/<agent> once it "
-    "is stored. Needs --edge-db. Set 'max_queued_messages 0' and 'persistence true' in mosquitto.conf "
-    "(see tidegauge.edge.mqtt).", envvar="TIDEGAUGE_EDGE_MQTT", show_envvar=True)
+    "mqtt://...): mqtt://host:1883, mqtt://NAME@host:1883 or mqtts://...; each batch is answered on "
+    "PREFIX-ack/<agent> once it is stored. Needs --edge-db. Set 'max_queued_messages 0' and 'persistence "
+    "true' in mosquitto.conf (see tidegauge.edge.mqtt).", envvar="TIDEGAUGE_EDGE_MQTT", show_envvar=True)
 
 _DEFAULT_CHECKPOINT_INTERVAL = "5s"
 """A served flow without a checkpoint section still checkpoints: the intake log is only trimmed at checkpoints."""

@@ -7,15 +7,12 @@ the ones of the HTTP uplink (:mod:`tidegauge.edge.wire`: the same NDJSON body), 
 Topics (``<prefix>`` is ``tidegauge/edge`` unless configured; ``/``, ``+``, ``#`` in an agent id or stream
 name become ``_``):
 
-=====================================  ==========  =========================================================
-``<prefix>/<agent>/<stream>``          agent, QoS 1  a batch: the wire headers as MQTT v5 user properties,
-                                                   a correlation id, response topic ``<prefix>-ack/<agent>``
-``<prefix>-heartbeat/<agent>``         agent, QoS 0  a heartbeat (JSON, as ``POST /api/v1/edge/heartbeat``),
-                                                   or an empty ping; response topic and correlation id too
-``<prefix>-ack/<agent>``               upstream, QoS 1  every answer: the receiver's JSON body, its HTTP status
-                                                   in the user property ``tidegauge-status``, the
-                                                   request's correlation id
-=====================================  ==========  =========================================================
+- ``<prefix>/<agent>/<stream>`` (agent -> upstream, QoS 1): a batch, the wire headers as MQTT v5 user
+  properties, a correlation id, response topic ``<prefix>-ack/<agent>``;
+- ``<prefix>-heartbeat/<agent>`` (agent -> upstream, QoS 0): a heartbeat (JSON, as ``POST
+  /api/v1/edge/heartbeat``) or an empty ping, with a response topic and a correlation id too;
+- ``<prefix>-ack/<agent>`` (upstream -> agent, QoS 1): every answer, the receiver's JSON body with its HTTP
+  status in the user property ``tidegauge-status`` and the request's correlation id.
 
 Guarantees, end to end (every record once, in order per stream):
 
@@ -32,8 +29,9 @@ Guarantees, end to end (every record once, in order per stream):
 - **Agent** (:class:`MqttUplink`): a clean session (``tidegauge-agent-<agent>``); an answer published while
   it is disconnected is lost, which is a timeout, above. While the link is down (circuit breaker open) it
   probes the upstream with an empty QoS 0 request on its heartbeat topic before it publishes a batch again:
-  a QoS 0 message is not queued for an absent upstream, so an outage of the upstream leaves a few copies of
-  a batch at the broker (``breaker_failures``, 5 by default, at most ``window`` each), not one per probe.
+  a QoS 0 message is not queued for an absent upstream (Mosquitto's default, ``queue_qos0_messages
+  false``), so an outage of the upstream leaves a few copies of a batch queued at the broker (about
+  ``breaker_failures``, 5 by default), not one more per probe.
 - **Upstream** (:class:`MqttIntake`): subscribes ``<prefix>/+/+`` at QoS 1 with a persistent session (MQTT v5
   ``clean_start=False``, ``session_expiry`` 1 day, client id ``durable``), so batches published while it is
   down wait at the broker and are applied when it comes back, in the order they came. Each goes through
