@@ -114,15 +114,17 @@ def test_launch_config_survives_the_re_exec_encoding() -> None:
     from tidegauge.edge.agent import DEFAULT_STREAMS, AgentConfig
     from tidegauge.edge.jetstream import JetStreamConfig
     from tidegauge.edge.launch import LaunchConfig
+    from tidegauge.edge.mqtt import MqttEdgeConfig
     from tidegauge.edge.uplink import UplinkConfig
 
     streams = dict(DEFAULT_STREAMS)
     streams["readings"] = msgspec.structs.replace(streams["readings"], max_bytes=123, overflow="drop_oldest",
                                                   max_age="3d")
     config = AgentConfig(node_id="gw", upstream="nats://x:4222", data_dir="/tmp/x", token="t", streams=streams,
-                         fsync="always", uplink=UplinkConfig(batch_records=17), checkpoint_interval="2s",
+                         fsync="always", uplink=UplinkConfig(batch_records=17, timeout="3s"), checkpoint_interval="2s",
                          heartbeat_interval="3s", sensors=5, rate=1.5, seed=3, limit=9, detect=False,
                          listen="[::1]:1", location=(1.5, -2.25), labels={"a": "b"}, capacity=4,
-                         follow_assignment=True, jetstream=JetStreamConfig(stream="S", subject="s.x"))
+                         follow_assignment=True, jetstream=JetStreamConfig(stream="S", subject="s.x"),
+                         mqtt=MqttEdgeConfig(prefix="site/edge", ca_file="/ca.pem"))
     launch = LaunchConfig(agent=config, pipeline="p.yaml")
     assert msgspec.json.decode(msgspec.json.encode(launch), type=LaunchConfig) == launch

@@ -4,6 +4,7 @@
 
     tidegauge agent --id gw-1 --upstream https://cloud:8080 --token $TOKEN --data-dir /var/lib/tidegauge
     tidegauge agent --id gw-1 --upstream nats://broker:4222 --data-dir /var/lib/tidegauge   # via JetStream
+    tidegauge agent --id gw-1 --upstream mqtts://broker:8883 --token $PASSWORD --data-dir /var/lib/tidegauge
 
 Every flag has an environment variable (``TIDEGAUGE_AGENT_*``, shown in ``--help``). SIGINT/SIGTERM stop it
 after a final checkpoint; the outbox keeps what was not forwarded for the next start.
@@ -32,11 +33,14 @@ def _opt(help: str, env: str, *names: str) -> Any:
 @app.command()
 def agent(
     id: Annotated[str, _opt("The agent's id (unique in the fleet).", "ID", "--id")],
-    upstream: Annotated[str, _opt("Base URL of the upstream tidegauge server (http:// or https://), or NATS "
-                                  "server(s) (nats://host:4222, comma-separated) to publish to JetStream.",
-                                  "UPSTREAM", "--upstream")],
+    upstream: Annotated[str, _opt("Base URL of the upstream tidegauge server (http:// or https://), NATS "
+                                  "server(s) (nats://host:4222, comma-separated) to publish to JetStream, or an "
+                                  "MQTT v5 broker (mqtt://host:1883 or mqtt://NAME@host:1883, mqtts:// for TLS) "
+                                  "whose upstream runs serve --edge-mqtt: a batch leaves the outbox when the "
+                                  "upstream answers it, not when the broker takes it.", "UPSTREAM", "--upstream")],
     data_dir: Annotated[Path, _opt("Outbox, checkpoints and local state.", "DATA_DIR", "--data-dir")],
-    token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest).", "TOKEN", "--token")] = None,
+    token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest); with mqtt(s):// the MQTT "
+                                      "password (user name: the URL's, else --id).", "TOKEN", "--token")] = None,
     pipeline: Annotated[Path | None, _opt("A pipeline YAML to run instead of the default simulated fleet; "
                                           "its 'sink: {outbox: STREAM}' sinks are forwarded.", "PIPELINE",
                                           "--pipeline")] = None,
@@ -62,6 +66,9 @@ def agent(
     max_age: Annotated[str | None, _opt("Age limit per stream, e.g. readings=1d.", "MAX_AGE", "--max-age")] = None,
     batch_records: Annotated[int, _opt("Largest batch sent upstream (records).", "BATCH_RECORDS",
                                        "--batch-records")] = 10_000,
+    uplink_timeout: Annotated[str, _opt("How long a batch or heartbeat waits for the upstream's answer before it "
+                                        "counts as a link failure (backoff, then the circuit breaker).",
+                                        "UPLINK_TIMEOUT", "--uplink-timeout")] = "10s",
     location: Annotated[str | None, _opt("lat,lon of the gateway (for geo assignment).", "LOCATION",
                                          "--location")] = None,
     labels: Annotated[str | None, _opt("Labels, e.g. site=north,line=2.", "LABELS", "--labels")] = None,
@@ -75,6 +82,11 @@ def agent(
     jetstream_subject: Annotated[str, _opt("Subject prefix of a nats:// upstream: batches go to "
                                            "PREFIX.<id>.<stream>.", "JETSTREAM_SUBJECT",
                                            "--jetstream-subject")] = "tidegauge.edge",
+    mqtt_prefix: Annotated[str, _opt("Topic prefix of an mqtt:// upstream: batches go to PREFIX/<id>/<stream>, "
+                                     "heartbeats to PREFIX-heartbeat/<id>, answers come on PREFIX-ack/<id>.",
+                                     "MQTT_PREFIX", "--mqtt-prefix")] = "tidegauge/edge",
+    mqtt_ca_file: Annotated[Path | None, _opt("CA bundle for an mqtts:// upstream (default: the system's).",
+                                              "MQTT_CA_FILE", "--mqtt-ca-file")] = None,
     process: Annotated[str, _opt("lean: once the flags are parsed, re-execute as a lean process that never "
                                  "loads the command line's libraries (~20 MB less resident); same: run in this "
                                  "process.", "PROCESS", "--process")] = "lean",
@@ -86,6 +98,7 @@ def agent(
     from tidegauge.edge.agent import DEFAULT_STREAMS, AgentConfig
     from tidegauge.edge.jetstream import JetStreamConfig
     from tidegauge.edge.launch import LaunchConfig, can_exec, exec_agent, run
+    from tidegauge.edge.mqtt import MqttEdgeConfig
     from tidegauge.edge.outbox import StreamPolicy
     from tidegauge.edge.uplink import UplinkConfig
     from tidegauge.errors import ConfigError
@@ -118,12 +131,14 @@ def agent(
             raise ConfigError(f"--location {location!r}: use lat,lon (e.g. 52.37,4.89)") from None
         loc = (lat, lon)
     config = AgentConfig(node_id=id, upstream=upstream, data_dir=str(data_dir), token=token, streams=streams,
-                         fsync=fsync, uplink=UplinkConfig(batch_records=batch_records),  # type: ignore[arg-type]
+                         fsync=fsync, uplink=UplinkConfig(batch_records=batch_records, timeout=uplink_timeout),  # type: ignore[arg-type]
                          checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
                          sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
                          location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment,
                          capacity=capacity,
-                         jetstream=JetStreamConfig(stream=jetstream_stream, subject=jetstream_subject))
+                         jetstream=JetStreamConfig(stream=jetstream_stream, subject=jetstream_subject),
+                         mqtt=MqttEdgeConfig(prefix=mqtt_prefix,
+                                             ca_file=None if mqtt_ca_file is None else str(mqtt_ca_file)))
     launch = LaunchConfig(agent=config, pipeline=None if pipeline is None else str(pipeline))
     if pipeline is not None:
         from tidegauge.pipeline import load_pipeline

@@ -30,6 +30,12 @@ from tidegauge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+_EDGE_MQTT = typer.Option(
+    "--edge-mqtt", help="Also take edge agents' batches from an MQTT v5 broker (agents run with --upstream "
+    "mqtt://...): mqtt://host:1883, mqtt://NAME@host:1883 or mqtts://...; each batch is answered on "
+    "PREFIX-ack/<agent> once it is stored. Needs --edge-db. Set 'max_queued_messages 0' and 'persistence "
+    "true' in mosquitto.conf (see tidegauge.edge.mqtt).", envvar="TIDEGAUGE_EDGE_MQTT", show_envvar=True)
+
 _DEFAULT_CHECKPOINT_INTERVAL = "5s"
 """A served flow without a checkpoint section still checkpoints: the intake log is only trimmed at checkpoints."""
 
@@ -68,6 +74,20 @@ def serve(
     edge_nats_token: Annotated[str | None, typer.Option(
         "--edge-nats-token", help="Auth token of the NATS server.", envvar="TIDEGAUGE_EDGE_NATS_TOKEN",
         show_envvar=True)] = None,
+    edge_mqtt: Annotated[str | None, _EDGE_MQTT] = None,
+    edge_mqtt_prefix: Annotated[str, typer.Option(
+        "--edge-mqtt-prefix", help="Topic prefix the agents publish under (PREFIX/<agent>/<stream>); answers go "
+        "to PREFIX-ack/<agent>.", envvar="TIDEGAUGE_EDGE_MQTT_PREFIX", show_envvar=True)] = "tidegauge/edge",
+    edge_mqtt_durable: Annotated[str, typer.Option(
+        "--edge-mqtt-durable", help="Client id of the upstream's persistent MQTT session (also the user name "
+        "unless the URL has one); one upstream process per name.", envvar="TIDEGAUGE_EDGE_MQTT_DURABLE",
+        show_envvar=True)] = "tidegauge-upstream",
+    edge_mqtt_token: Annotated[str | None, typer.Option(
+        "--edge-mqtt-token", help="MQTT password of the upstream's session.", envvar="TIDEGAUGE_EDGE_MQTT_TOKEN",
+        show_envvar=True)] = None,
+    edge_mqtt_ca_file: Annotated[Path | None, typer.Option(
+        "--edge-mqtt-ca-file", help="CA bundle for an mqtts:// broker (default: the system's).",
+        envvar="TIDEGAUGE_EDGE_MQTT_CA_FILE", show_envvar=True)] = None,
 ) -> None:
     """Run a pipeline and its HTTP server until Ctrl-C (then checkpoint and stop)."""
     from tidegauge.server import hash_token as _hash
@@ -95,8 +115,19 @@ def serve(
     runner, config = served.runner, served.server
     receiver = None
     background = []
-    if edge_nats is not None and edge_db is None:
-        raise ConfigError("--edge-nats needs --edge-db (the file of what each agent's batches brought)")
+    for flag, given in (("--edge-nats", edge_nats), ("--edge-mqtt", edge_mqtt)):
+        if given is not None and edge_db is None:
+            raise ConfigError(f"{flag} needs --edge-db (the file of what each agent's batches brought)")
+    mqtt = None
+    if edge_mqtt is not None:
+        from tidegauge.edge.mqtt import MqttEdgeConfig, parse_mqtt_url
+
+        try:
+            parse_mqtt_url(edge_mqtt)
+            mqtt = MqttEdgeConfig(prefix=edge_mqtt_prefix, durable=edge_mqtt_durable,
+                                  ca_file=None if edge_mqtt_ca_file is None else str(edge_mqtt_ca_file))
+        except ValueError as exc:
+            raise ConfigError(f"--edge-mqtt: {exc}") from None
     if edge_db is not None:
         from tidegauge.edge.receiver import receiver_for_flow
 
@@ -113,6 +144,12 @@ def serve(
 
             background.append(JetStreamIntake(receiver, edge_nats, token=edge_nats_token, config=js,
                                               coordinator=flow_coordinator(runner.flow)).run)
+        if edge_mqtt is not None:
+            from tidegauge.edge.flow import flow_coordinator
+            from tidegauge.edge.mqtt import MqttIntake
+
+            background.append(MqttIntake(receiver, edge_mqtt, token=edge_mqtt_token, config=mqtt,
+                                         coordinator=flow_coordinator(runner.flow)).run)
     result = run_served(runner, config, built.alerting, environ=os.environ, edge_receiver=receiver,
                         background=background, live=served.live)
     typer.echo(f"{result.records_in:,} records in, {sum(result.dead_letters.values()):,} dead letters, "

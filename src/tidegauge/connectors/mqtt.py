@@ -96,13 +96,21 @@ class MqttConnection:
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
 
-    def client(self, *, clean_session: bool, factory: type[paho.Client] = NoDelayClient) -> paho.Client:
-        """A configured, not yet connected paho client (of class ``factory``)."""
+    def client(self, *, clean_session: bool, factory: type[paho.Client] = NoDelayClient,
+               protocol: Literal["3.1.1", "5"] = "3.1.1") -> paho.Client:
+        """A configured, not yet connected paho client (of class ``factory``).
+
+        With ``protocol="5"`` (MQTT v5) ``clean_session`` is not a property of the client: pass it as
+        ``clean_start`` (and a session expiry) to ``connect_async``.
+        """
+        if protocol not in ("3.1.1", "5"):
+            raise ValueError(f"protocol={protocol!r}: use '3.1.1' or '5'")
+        v5 = protocol == "5"
         c = factory(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            clean_session=clean_session,
-            protocol=paho.MQTTv311,
+            clean_session=None if v5 else clean_session,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
         )
         if self.username is not None:
             c.username_pw_set(self.username, self.password)

@@ -3,7 +3,8 @@
 :func:`run_agent` runs until stopped. The default pipeline (:func:`default_flow`): the simulated fleet (or
 a pipeline file's flow), the default anomaly detector, 1-minute windows and the default alert rules, each
 forwarded stream ending in an :class:`~tidegauge.edge.sink.OutboxSink`. The uplink is HTTP for an
-``http(s)://`` upstream, NATS JetStream for ``nats://`` (:mod:`tidegauge.edge.jetstream`). Checkpoints (every
+``http(s)://`` upstream, NATS JetStream for ``nats://`` (:mod:`tidegauge.edge.jetstream`), MQTT v5 for
+``mqtt(s)://`` (:mod:`tidegauge.edge.mqtt`). Checkpoints (every
 ``checkpoint_interval``) make outbox records visible to the uplink; everything lives under ``data_dir``::
 
     data_dir/outbox.db       the outbox (SQLite, WAL)
@@ -32,6 +33,7 @@ from tidegauge._time import Clock, SystemClock, parse_duration
 from tidegauge.edge.follow import AssignmentView
 from tidegauge.edge.heartbeat import Assignment, Heartbeat, probe_resources
 from tidegauge.edge.jetstream import JetStreamConfig, JetStreamUplink, is_nats_url
+from tidegauge.edge.mqtt import MqttEdgeConfig, is_mqtt_url, parse_mqtt_url
 from tidegauge.edge.outbox import FsyncPolicy, Outbox, StreamPolicy
 from tidegauge.edge.sink import OutboxSink
 from tidegauge.edge.uplink import Uplink, UplinkConfig
@@ -67,6 +69,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     uplink: UplinkConfig = UplinkConfig()
     jetstream: JetStreamConfig = JetStreamConfig()
     """stream and subject when ``upstream`` is a NATS URL (:mod:`tidegauge.edge.jetstream`)"""
+    mqtt: MqttEdgeConfig = MqttEdgeConfig()
+    """topic prefix and CA file when ``upstream`` is an MQTT URL (:mod:`tidegauge.edge.mqtt`)"""
     checkpoint_interval: str = "1s"
     heartbeat_interval: str = "5s"
     sensors: int = 200
@@ -83,9 +87,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.node_id:
             raise ValueError("node_id is empty: give the agent an id (--id)")
-        if not self.upstream.startswith(("http://", "https://")) and not is_nats_url(self.upstream):
+        if not self.upstream.startswith(("http://", "https://")) and not is_nats_url(self.upstream) \
+                and not is_mqtt_url(self.upstream):
             raise ValueError(f"upstream={self.upstream!r}: use an http:// or https:// URL (a tidegauge server), "
-                             "or nats:// / tls:// (NATS JetStream)")
+                             "nats:// / tls:// (NATS JetStream) or mqtt:// / mqtts:// (an MQTT v5 broker)")
+        if is_mqtt_url(self.upstream):
+            parse_mqtt_url(self.upstream)
         for name in ("checkpoint_interval", "heartbeat_interval"):
             parse_duration(getattr(self, name), name=name)
 
@@ -286,6 +293,11 @@ async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | Non
     if is_nats_url(config.upstream):
         uplink: Uplink = JetStreamUplink(outbox, config.upstream, node_id=config.node_id, token=config.token,
                                          config=config.uplink, jetstream=config.jetstream, clock=clock)
+    elif is_mqtt_url(config.upstream):
+        from tidegauge.edge.mqtt import MqttUplink
+
+        uplink = MqttUplink(outbox, config.upstream, node_id=config.node_id, token=config.token,
+                            config=config.uplink, mqtt=config.mqtt, clock=clock)
     else:
         uplink = Uplink(outbox, config.upstream, node_id=config.node_id, token=config.token, config=config.uplink,
                         clock=clock)

@@ -1,6 +1,7 @@
 """The uplink: sends the outbox's visible records upstream in batches, in order per stream.
 
-Over HTTP (this module) or NATS JetStream (:mod:`tidegauge.edge.jetstream`, the same batches and logic).
+Over HTTP (this module), NATS JetStream (:mod:`tidegauge.edge.jetstream`) or MQTT v5
+(:mod:`tidegauge.edge.mqtt`): the same batches and logic.
 
 - **Batches** of one stream, contiguous sequence numbers, with an idempotency key
   (``<agent>:<stream>:<first>-<last>``): the upstream de-duplicates a batch sent twice (an answer lost).
@@ -286,19 +287,26 @@ class Uplink:
             # de-duplicates the resend
             raise _Refused(f"network: {type(exc).__name__}") from exc
         self.last_rtt_s = time.perf_counter() - t0
-        if resp.status_code == 409:
-            have = int(msgspec.json.decode(resp.content).get("acked", 0))
+        if resp.status_code == 404 and not resp.headers.get("content-type", "").startswith("application/json"):
+            raise _Refused(f"http 404: {resp.text[:200]}")  # not the receiver's answer (a proxy, a wrong URL)
+        await self._settle(b, resp.status_code, resp.content)
+
+    async def _settle(self, b: _Batch, status: int, content: bytes) -> None:
+        """Act on the upstream's answer to ``b`` (the receiver's status and JSON body, whatever carried them):
+        200 acknowledges in the outbox, 409 rewinds, 404 parks the stream, anything else is a failure."""
+        if status == 409:
+            have = int(msgspec.json.decode(content).get("acked", 0))
             if have < self.cursor[b.stream]:
                 # the upstream lost what it had acknowledged (its state was reset): say so, send from here
                 logger.error("upstream has %s/%s only up to %d, it had acknowledged %d: those records are lost",
                              self.node_id, b.stream, have, self.cursor[b.stream])
                 self._prev_override[b.stream] = have
-            raise _Refused(f"conflict: {resp.text[:200]}")
-        if resp.status_code == 404 and resp.headers.get("content-type", "").startswith("application/json"):
-            raise _NotTaken(b.stream, str(msgspec.json.decode(resp.content).get("error", "404")))
-        if resp.status_code != 200:
-            raise _Refused(f"http {resp.status_code}: {resp.text[:200]}")
-        ack = msgspec.json.decode(resp.content, type=wire.BatchAck)
+            raise _Refused(f"conflict: {content[:200].decode(errors='replace')}")
+        if status == 404:
+            raise _NotTaken(b.stream, str(msgspec.json.decode(content).get("error", "404")))
+        if status != 200:
+            raise _Refused(f"http {status}: {content[:200].decode(errors='replace')}")
+        ack = msgspec.json.decode(content, type=wire.BatchAck)
         self.cursor[b.stream] = max(self.cursor[b.stream], ack.acked)
         sent = (b.first, b.records, b.size) if ack.acked == b.last else None
         await asyncio.to_thread(self.outbox.ack, b.stream, ack.acked, sent=sent)
