@@ -10,7 +10,8 @@ Endpoints (all but ``/healthz`` need a bearer token; ``open_metrics`` opens ``/m
 ``POST /api/v1/edge/...``  ingest    edge heartbeats; agents and assignments (read) (:mod:`tidegauge.server.edge`)
 ``GET /metrics``           read      Prometheus text format (:mod:`tidegauge.server.metrics`)
 ``GET /healthz``           (none)    the process is alive
-``GET /readyz``            any       sources reading, checkpoints fresh, not overloaded; reasons in the body
+``GET /readyz``            any       flow started and reading its sources, checkpoints fresh, not overloaded;
+                                     reasons in the body
 ``GET /openapi.json``      any       the OpenAPI 3.1 description of this API
 =========================  ========  ===================================================================
 
@@ -210,8 +211,18 @@ async def readyz(request: Request) -> Response:
 
 
 def not_ready_reasons(state: ServerState) -> list[str]:
-    """Why the server should not get traffic (empty: ready)."""
+    """Why the server should not get traffic (empty: ready).
+
+    Not ready until the flow reads its sources: while it starts (restores state, builds its steps, which
+    load or compile their kernels: half a minute with a cold numba cache) its HTTP source may already
+    exist and take records, but nothing reads them, so ingest would soon answer 503.
+    """
     reasons: list[str] = []
+    phase = getattr(state.runner, "phase", "running")
+    if phase in ("new", "starting"):
+        reasons.append("flow starting (restoring state, compiling kernels): not reading its sources yet")
+    elif phase == "stopped":
+        reasons.append("flow stopped: not reading its sources")
     for sid, src in state.sources.items():
         if src.logic is None or src.logic.closed:
             reasons.append(f"source {sid}: the flow is not reading it")
