@@ -128,6 +128,10 @@ def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any,
     (``edge_receiver``, ...); each of ``background`` runs in the same event loop until the server stops
     (``JetStreamIntake.run``)."""
     from tidegauge.server import serve as _serve
+    from tidegauge.server.app import STARTUP_LOGGER
+
+    # where the server listens, its dashboard, docs and metrics: shown whatever the log level
+    logging.getLogger(STARTUP_LOGGER).setLevel(logging.INFO)
 
     async def main() -> Any:
         stop = asyncio.Event()
