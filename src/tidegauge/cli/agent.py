@@ -3,6 +3,7 @@
 ::
 
     tidegauge agent --id gw-1 --upstream https://cloud:8080 --token $TOKEN --data-dir /var/lib/tidegauge
+    tidegauge agent --id gw-1 --upstream https://cloud:8443 --cacert ca.pem ...   # a private CA's server
     tidegauge agent --id gw-1 --upstream nats://broker:4222 --data-dir /var/lib/tidegauge   # via JetStream
 
 Every flag has an environment variable (``TIDEGAUGE_AGENT_*``, shown in ``--help``). SIGINT/SIGTERM stop it
@@ -37,6 +38,9 @@ def agent(
                                   "UPSTREAM", "--upstream")],
     data_dir: Annotated[Path, _opt("Outbox, checkpoints and local state.", "DATA_DIR", "--data-dir")],
     token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest).", "TOKEN", "--token")] = None,
+    cacert: Annotated[Path | None, _opt("PEM file of the CA that signed an https:// upstream's certificate (a "
+                                        "private CA), trusted instead of the system's CAs for batches and "
+                                        "heartbeats.", "CACERT", "--cacert")] = None,
     pipeline: Annotated[Path | None, _opt("A pipeline YAML to run instead of the default simulated fleet; "
                                           "its 'sink: {outbox: STREAM}' sinks are forwarded.", "PIPELINE",
                                           "--pipeline")] = None,
@@ -117,7 +121,17 @@ def agent(
         except ValueError:
             raise ConfigError(f"--location {location!r}: use lat,lon (e.g. 52.37,4.89)") from None
         loc = (lat, lon)
-    config = AgentConfig(node_id=id, upstream=upstream, data_dir=str(data_dir), token=token, streams=streams,
+    ca = None
+    if cacert is not None:
+        from tidegauge.edge.uplink import ca_context
+
+        ca = str(cacert.expanduser())
+        try:
+            ca_context(ca)  # a missing or bad file is reported here, before the agent starts
+        except ValueError as exc:
+            raise ConfigError(f"--{exc}") from None
+    config = AgentConfig(node_id=id, upstream=upstream, data_dir=str(data_dir), token=token, cacert=ca,
+                         streams=streams,
                          fsync=fsync, uplink=UplinkConfig(batch_records=batch_records),  # type: ignore[arg-type]
                          checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
                          sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
