@@ -131,3 +131,64 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
                               capture_output=True, timeout=120, env={**__import__("os").environ, "TG_X": "t"})
     assert done.returncode == 2, done.stderr
     assert f"server 127.0.0.1:{port}: cannot listen there" in done.stderr and "Traceback" not in done.stderr
+
+
+def _serve_and_read_startup(tmp_path: Path, server: str, *, scheme: str) -> tuple[str, int]:
+    """Start ``tidegauge serve`` with ``server`` as its server section; its first stderr line naming a URL
+    and the port in it, once that port answers ``/healthz``."""
+    import os
+    import re
+    import signal
+    import ssl
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "p.yaml").write_text(
+        "name: s\nsource: {http: {log_dir: intake, durability: os}}\nsink: {file: out.parquet}\n"
+        f"server: {server}\n")
+    log = tmp_path / "serve.err"
+    with log.open("wb") as err:
+        # the CLI's default log level (WARNING): the startup line must show without asking for more
+        env = {k: v for k, v in os.environ.items() if k != "TIDEGAUGE_LOG_LEVEL"}
+        proc = subprocess.Popen([sys.executable, "-m", "tidegauge", "serve", "p.yaml"], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=err, env={**env, "TG_X": "t"})
+    try:
+        deadline = time.monotonic() + 120
+        found = None
+        while found is None:
+            assert proc.poll() is None, f"serve exited with {proc.returncode}: {log.read_text()}"
+            assert time.monotonic() < deadline, f"no startup line: {log.read_text()}"
+            found = re.search(rf"listening on {scheme}://127\.0\.0\.1:(\d+)", log.read_text())
+            time.sleep(0.05)
+        port = int(found.group(1))
+        verify: ssl.SSLContext | bool = True
+        if scheme == "https":
+            verify = ssl.create_default_context(cafile=str(tmp_path / "server.pem"))
+        assert httpx.get(f"{scheme}://127.0.0.1:{port}/healthz", verify=verify).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    lines = [line for line in log.read_text().splitlines() if "listening on" in line]
+    assert len(lines) == 1, log.read_text()
+    return lines[0], port
+
+
+def test_serve_prints_where_it_listens_with_the_real_port(tmp_path: Path) -> None:
+    line, port = _serve_and_read_startup(
+        tmp_path, "{port: 0, tokens: [{name: a, env: TG_X, scopes: [read]}]}", scheme="http")
+    assert port != 0
+    base = f"http://127.0.0.1:{port}"
+    assert f"dashboard: {base}/" in line and f"API docs: {base}/openapi.json" in line, line
+    assert f"metrics: {base}/metrics (read token)" in line, line
+
+
+def test_serve_over_tls_prints_an_https_url(tmp_path: Path) -> None:
+    from tests.server.test_tls_and_logs import make_cert
+
+    make_cert(tmp_path)
+    line, port = _serve_and_read_startup(
+        tmp_path, "{port: 0, dashboard: false, open_metrics: true, tls: {cert: server.pem, key: server.key}, "
+        "tokens: [{name: a, env: TG_X, scopes: [read]}]}", scheme="https")
+    base = f"https://127.0.0.1:{port}"
+    assert "dashboard: off" in line and f"metrics: {base}/metrics (open)" in line, line

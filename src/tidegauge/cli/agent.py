@@ -3,6 +3,7 @@
 ::
 
     tidegauge agent --id gw-1 --upstream https://cloud:8080 --token $TOKEN --data-dir /var/lib/tidegauge
+    tidegauge agent --id gw-1 --upstream https://cloud:8443 --cacert ca.pem ...   # a private CA's server
     tidegauge agent --id gw-1 --upstream nats://broker:4222 --data-dir /var/lib/tidegauge   # via JetStream
     tidegauge agent --id gw-1 --upstream mqtts://broker:8883 --token $PASSWORD --data-dir /var/lib/tidegauge
 
@@ -41,6 +42,9 @@ def agent(
     data_dir: Annotated[Path, _opt("Outbox, checkpoints and local state.", "DATA_DIR", "--data-dir")],
     token: Annotated[str | None, _opt("Bearer token for the upstream (scope ingest); with mqtt(s):// the MQTT "
                                       "password (user name: the URL's, else --id).", "TOKEN", "--token")] = None,
+    cacert: Annotated[Path | None, _opt("PEM file of the CA that signed an https:// upstream's (or an mqtts:// "
+                                        "broker's) certificate (a private CA), trusted instead of the system's "
+                                        "CAs for batches and heartbeats.", "CACERT", "--cacert")] = None,
     pipeline: Annotated[Path | None, _opt("A pipeline YAML to run instead of the default simulated fleet; "
                                           "its 'sink: {outbox: STREAM}' sinks are forwarded.", "PIPELINE",
                                           "--pipeline")] = None,
@@ -85,8 +89,6 @@ def agent(
     mqtt_prefix: Annotated[str, _opt("Topic prefix of an mqtt:// upstream: batches go to PREFIX/<id>/<stream>, "
                                      "heartbeats to PREFIX-heartbeat/<id>, answers come on PREFIX-ack/<id>.",
                                      "MQTT_PREFIX", "--mqtt-prefix")] = "tidegauge/edge",
-    mqtt_ca_file: Annotated[Path | None, _opt("CA bundle for an mqtts:// upstream (default: the system's).",
-                                              "MQTT_CA_FILE", "--mqtt-ca-file")] = None,
     process: Annotated[str, _opt("lean: once the flags are parsed, re-execute as a lean process that never "
                                  "loads the command line's libraries (~20 MB less resident); same: run in this "
                                  "process.", "PROCESS", "--process")] = "lean",
@@ -130,15 +132,26 @@ def agent(
         except ValueError:
             raise ConfigError(f"--location {location!r}: use lat,lon (e.g. 52.37,4.89)") from None
         loc = (lat, lon)
-    config = AgentConfig(node_id=id, upstream=upstream, data_dir=str(data_dir), token=token, streams=streams,
+    ca = None
+    if cacert is not None:
+        from tidegauge.edge.uplink import ca_context
+
+        ca = str(cacert.expanduser())
+        try:
+            ca_context(ca)  # a missing or bad file is reported here, before the agent starts
+        except ValueError as exc:
+            raise ConfigError(f"--{exc}") from None
+    mqtt_ca = ca if upstream.startswith("mqtts://") else None  # for the MQTT client's TLS, not the https one
+    config = AgentConfig(node_id=id, upstream=upstream, data_dir=str(data_dir), token=token,
+                         cacert=None if mqtt_ca else ca,
+                         streams=streams,
                          fsync=fsync, uplink=UplinkConfig(batch_records=batch_records, timeout=uplink_timeout),  # type: ignore[arg-type]
                          checkpoint_interval=checkpoint_interval, heartbeat_interval=heartbeat_interval,
                          sensors=sensors, rate=rate, seed=seed, limit=limit, detect=detect, listen=listen or None,
                          location=loc, labels=_pairs("--labels", labels), follow_assignment=follow_assignment,
                          capacity=capacity,
                          jetstream=JetStreamConfig(stream=jetstream_stream, subject=jetstream_subject),
-                         mqtt=MqttEdgeConfig(prefix=mqtt_prefix,
-                                             ca_file=None if mqtt_ca_file is None else str(mqtt_ca_file)))
+                         mqtt=MqttEdgeConfig(prefix=mqtt_prefix, ca_file=mqtt_ca))
     launch = LaunchConfig(agent=config, pipeline=None if pipeline is None else str(pipeline))
     if pipeline is not None:
         from tidegauge.pipeline import load_pipeline

@@ -165,6 +165,10 @@ def run_served(runner: Any, server: Any, alerting: Any, *, environ: Any,
     (``edge_receiver``, ...); each of ``background`` runs in the same event loop until the server stops
     (``JetStreamIntake.run``)."""
     from tidegauge.server import serve as _serve
+    from tidegauge.server.app import STARTUP_LOGGER
+
+    # where the server listens, its dashboard, docs and metrics: shown whatever the log level
+    logging.getLogger(STARTUP_LOGGER).setLevel(logging.INFO)
 
     async def main() -> Any:
         stop = asyncio.Event()
@@ -237,7 +241,10 @@ def served_runner(path: Path, config: Any, built: Any, *, host: str | None = Non
     server = _server(path, config, host, port)
     cp = checkpoint or built.checkpoint or CheckpointConfig(path.parent / "checkpoints",
                                                             interval=_DEFAULT_CHECKPOINT_INTERVAL)
-    runner = Runner(built.flow, checkpoint=cp, max_batch=built.max_batch, max_delay=built.max_delay)
+    # the kernels load before the flow reads its sources (while /readyz says "flow starting"): a first
+    # batch that compiled them would leave the first requests' records unread, then refused, for seconds
+    runner = Runner(built.flow, checkpoint=cp, max_batch=built.max_batch, max_delay=built.max_delay,
+                    warm_up="kernels")
     if built.alerting is not None:
         built.alerting.attach(runner)
     return runner, server

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -41,9 +41,15 @@ from tidegauge.dataflow.partitions import PartitionedSourceClock
 from tidegauge.dataflow.watermark import SourceClock, SourceClockSnapshot
 from tidegauge.errors import CheckpointError, ConnectorError
 
-__all__ = ["CheckpointConfig", "RunResult", "Runner"]
+__all__ = ["CheckpointConfig", "RunPhase", "RunResult", "Runner"]
 
 logger = logging.getLogger(__name__)
+
+
+RunPhase = Literal["new", "starting", "running", "stopped"]
+"""Where a :class:`Runner` is: ``starting`` while it restores state and builds its steps (a detector's
+kernels are compiled then: seconds with a cold numba cache), ``running`` once its sources are being
+read, ``stopped`` once :meth:`Runner.run_async` has returned or failed."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,13 @@ class Runner:
     tick:
         How often the runner wakes up with no input to advance idle watermarks and take due checkpoints
         (default: a quarter of the idle timeout or of the checkpoint interval, at most 1 s).
+    warm_up:
+        ``"kernels"``: before reading its sources, load (or compile) the numba kernels its first batches
+        would otherwise stop for: the key table's (500+ keys in a batch), the watermark's (a record that
+        may be future-stamped) and those of steps that have a ``warm_up_kernels()`` method (fixed
+        windows). Seconds with a cold numba cache, then a served flow keeps up from its first request
+        (:attr:`phase` is ``starting`` meanwhile). ``"lazy"`` (default) compiles each at its first use:
+        a flow that may never see data (an idle edge agent) does not hold numba (~55 MB).
     """
 
     def __init__(
@@ -107,12 +120,16 @@ class Runner:
         queue_batches: int = 4,
         clock: Clock | None = None,
         tick: Duration | None = None,
+        warm_up: Literal["lazy", "kernels"] = "lazy",
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: must be >= 1")
         if queue_batches < 1:
             raise ValueError(f"queue_batches={queue_batches}: must be >= 1")
+        if warm_up not in ("lazy", "kernels"):
+            raise ValueError(f"warm_up={warm_up!r}: use 'lazy' or 'kernels'")
         self.flow = flow
+        self.warm_up = warm_up
         self.checkpoint_config = checkpoint
         self.max_batch = max_batch
         self.max_delay_s = parse_duration(max_delay, name="max_delay") / 1e6
@@ -131,6 +148,8 @@ class Runner:
         self._stop_requested = False
         self._in_dead_letter_pass = False
         self._progress_listeners: list[Callable[[], None]] = []
+        self.phase: RunPhase = "new"
+        """read from other threads (the server's readiness): a plain attribute, set by the flow's thread"""
 
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -166,12 +185,24 @@ class Runner:
 
     async def run_async(self) -> RunResult:
         started = time.perf_counter()
-        self._build()
+        self.phase = "starting"
+        try:
+            return await self._run(started)
+        finally:
+            self.phase = "stopped"
+
+    async def _run(self, started: float) -> RunResult:
+        if self.warm_up == "kernels":
+            t0 = time.perf_counter()
+            self._warm_up_kernels()
+            logger.info("flow %r: kernels loaded in %.1f s", self.flow.name, time.perf_counter() - t0)
+        self._build()  # builds the steps too: a DetectStep loads (or compiles) its kernels here
         queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue(
             maxsize=self.queue_batches * max(1, len(self._sources))
         )
         live = {sid for sid in self._sources if not self._clocks[sid].finished}
         readers = [asyncio.create_task(self._read(sid, self._sources[sid], queue)) for sid in live]
+        self.phase = "running"
         tick_s = self._tick_seconds()
         last_cp_us = self.clock.now_us()
         batches_since_cp = 0
@@ -272,6 +303,20 @@ class Runner:
             raise
         except Exception as exc:  # hand the failure to the main loop, which stops the flow with it
             await queue.put((sid, exc, None))
+
+    def _warm_up_kernels(self) -> None:
+        """Run the engine's own kernels and the steps' ``warm_up_kernels()`` once, on throwaway data."""
+        from tidegauge.dataflow._keytable import KeyTable
+        from tidegauge.dataflow.keys import _large_strings
+        from tidegauge.dataflow.watermark import warm_up_assign
+
+        # 100 keys: past the table's first growth, so that its rehash kernel is loaded too
+        KeyTable().encode(_large_strings(pl.Series([f"k{i}" for i in range(100)], dtype=pl.String)))
+        warm_up_assign()
+        for node in self.flow.nodes.values():
+            warm = getattr(node.definition, "warm_up_kernels", None)
+            if callable(warm):
+                warm()
 
     # -- building and restoring ------------------------------------------------------------------
     def _build(self) -> None:

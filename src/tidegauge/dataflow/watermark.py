@@ -189,6 +189,18 @@ def _assign(ts, max_event, floor, max_delay, max_future, check_future, future_re
     return wm, future, m, refs[:n_future]
 
 
+def warm_up_assign() -> None:
+    """Load (or compile) :func:`_assign` now, through :meth:`SourceClock.assign` on a throwaway clock, with
+    the argument types a flow gives it (event times as polars hands them: read-only arrays; the voters
+    of a first batch, then of the clock's history)."""
+    import polars as pl
+
+    clock = SourceClock(WatermarkConfig())
+    far = 10**15  # far ahead of the first record: judged by the compiled loop
+    for batch in ([0, far], [1, far + 1]):
+        clock.assign(pl.Series(batch, dtype=pl.Int64).to_numpy(), 0)
+
+
 def _assign_vectorised(
     ts: np.ndarray, max_event: int, floor: int, max_delay: int, max_future: int, check_future: int,
     voters: np.ndarray,

@@ -58,12 +58,15 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``streams`` are the forwarded streams and their outbox policies (names from :data:`DEFAULT_STREAMS`
     for the default pipeline). ``sensors``/``rate``/``seed``/``limit`` shape the simulated fleet of the
     default pipeline. ``listen`` is ``host:port`` of the agent's /metrics and /healthz (``None``: off).
+    ``cacert`` is the PEM file of the CA that signed an ``https://`` upstream's certificate (a private CA;
+    default: the system's CAs), for batches and heartbeats alike.
     """
 
     node_id: str
     upstream: str
     data_dir: str
     token: str | None = None
+    cacert: str | None = None
     streams: dict[str, StreamPolicy] = msgspec.field(default_factory=lambda: dict(DEFAULT_STREAMS))
     fsync: FsyncPolicy = "checkpoint"
     uplink: UplinkConfig = UplinkConfig()
@@ -95,6 +98,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
             parse_mqtt_url(self.upstream)
         for name in ("checkpoint_interval", "heartbeat_interval"):
             parse_duration(getattr(self, name), name=name)
+        if self.cacert is not None and not self.upstream.startswith("https://"):
+            raise ValueError(f"cacert is for an https:// upstream, not {self.upstream!r}: drop it, or use the "
+                             "upstream's https:// URL")
 
 
 def _fleet_start(data_dir: Path) -> datetime:
@@ -259,6 +265,7 @@ class EdgeAgent:
 
     def status(self) -> Mapping[str, Any]:
         return {"node_id": self.config.node_id, "link": self.uplink.link, "breaker": self.uplink.breaker,
+                "last_error": self.uplink.last_error,
                 "records_in": sum(self.runner.metrics.records_in.values()),
                 "outbox": {s.stream: {"depth": s.depth, "bytes": s.bytes, "last_seq": s.last_seq,
                                       "acked_seq": s.acked_seq, "drops": s.drops}
@@ -300,7 +307,7 @@ async def run_agent(config: AgentConfig, *, flow: Any = None, clock: Clock | Non
                             config=config.uplink, mqtt=config.mqtt, clock=clock)
     else:
         uplink = Uplink(outbox, config.upstream, node_id=config.node_id, token=config.token, config=config.uplink,
-                        clock=clock)
+                        clock=clock, cacert=config.cacert)
     agent = EdgeAgent(config, outbox, uplink, runner, view)
     stop = stop or asyncio.Event()
     server = None

@@ -14,6 +14,10 @@ Over HTTP (this module), NATS JetStream (:mod:`tidegauge.edge.jetstream`) or MQT
   probe every ``breaker_open``), half-opens for one probe, and closes on a success.
 - **Resume**: the position of each stream is the outbox's acknowledged sequence number, so a restarted agent
   starts where the upstream's last acknowledgement left it; the upstream drops what it had already.
+- **TLS**: an ``https://`` upstream's certificate is checked against the system's CAs, or against
+  ``cacert`` (a PEM file: the private CA that signed it; ``tidegauge agent --cacert``). A certificate that
+  does not verify is a link failure of kind ``tls`` (its reason in :attr:`Uplink.last_error` and the
+  agent's ``/status``), never a silent fallback to no verification.
 - **Replay**: records written before the link (last) came up are sent with ``edge_replay: true``; a replayed
   alert transition that resolved later in the backlog goes with ``edge_page: false`` (recorded upstream, not
   paged), and so does its resolution.
@@ -37,7 +41,7 @@ from tidegauge.edge import wire
 from tidegauge.edge._blocks import splice
 from tidegauge.edge.outbox import Outbox, OutboxBatch
 
-__all__ = ["BreakerState", "Uplink", "UplinkConfig"]
+__all__ = ["BreakerState", "Uplink", "UplinkConfig", "ca_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,39 @@ class UplinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError(f"breaker_failures={self.breaker_failures}: use >= 1")
         for name in ("timeout", "backoff_initial", "backoff_max", "breaker_open"):
             parse_duration(getattr(self, name), name=name)
+
+
+def ca_context(cacert: str) -> Any:
+    """An ``ssl.SSLContext`` trusting the CA certificate(s) of the PEM file ``cacert`` (and no other).
+
+    Raises ``ValueError`` naming the file when it is missing, unreadable or holds no certificate.
+    """
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=cacert)
+    except ssl.SSLError as exc:  # not PEM, or no certificate in it
+        reason = str(exc.reason or exc)
+    except OSError as exc:  # missing, unreadable, a directory
+        reason = exc.strerror or str(exc)
+    raise ValueError(f"cacert {cacert}: cannot load a CA certificate from it ({reason}); give the PEM file of "
+                     "the CA that signed the upstream's certificate")
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A failed request's reason: ``tls: ...`` when the TLS handshake failed (the certificate did not
+    verify), else ``network: <error type>``."""
+    import ssl
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return (f"tls: certificate verify failed ({seen.verify_message}): give the CA that signed it as "
+                    "cacert (tidegauge agent --cacert)")
+        if isinstance(seen, ssl.SSLError):
+            return f"tls: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return f"network: {type(exc).__name__}"
 
 
 @dataclass
@@ -108,6 +145,8 @@ class Uplink:
         The agent's id and its bearer token (scope ``ingest``); the token is never logged.
     config:
         Batching, backoff and breaker settings.
+    cacert:
+        PEM file of the CA that signed an ``https://`` upstream's certificate (default: the system's CAs).
     clock, seed:
         Processing time (for replay marking) and the jitter's random seed.
     """
@@ -116,11 +155,13 @@ class Uplink:
     """The HTTP client (``httpx.AsyncClient``) on the upstream's base URL; ``None`` for a broker uplink."""
 
     def __init__(self, outbox: Outbox, url: str, *, node_id: str, token: str | None = None,
-                 config: UplinkConfig | None = None, clock: Clock | None = None, seed: int | None = None) -> None:
+                 config: UplinkConfig | None = None, clock: Clock | None = None, seed: int | None = None,
+                 cacert: str | None = None) -> None:
         self.outbox = outbox
         self.url = url.rstrip("/")
         self.node_id = node_id
         self.config = config or UplinkConfig()
+        self.cacert = cacert
         self.clock: Clock = clock or SystemClock()
         self._rng = random.Random(seed)
         self._open(token)
@@ -148,6 +189,9 @@ class Uplink:
         self.duplicates: dict[str, int] = dict.fromkeys(self._weights, 0)
         self.batches = 0
         self.errors: dict[str, int] = {}
+        self.last_error: str | None = None
+        """why the last request failed (``tls: ...``, ``network: ...``, ``http 503: ...``); ``None`` once one
+        succeeds again"""
         self.last_rtt_s = 0.0
 
     def _open(self, token: str | None) -> None:
@@ -159,7 +203,9 @@ class Uplink:
 
             raise MissingDependencyError("httpx", "edge") from exc
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.AsyncClient(base_url=self.url, headers=headers,
+        # one client for batches, probes and heartbeats: the CA applies to all of them
+        verify = True if self.cacert is None else ca_context(self.cacert)
+        self.client = httpx.AsyncClient(base_url=self.url, headers=headers, verify=verify,
                                         timeout=parse_duration(self.config.timeout) / 1e6)
         self._httpx_error = httpx.HTTPError
 
@@ -285,7 +331,7 @@ class Uplink:
         except self._httpx_error as exc:
             # it may have arrived (the answer was lost): the outbox keeps sparing it, the upstream
             # de-duplicates the resend
-            raise _Refused(f"network: {type(exc).__name__}") from exc
+            raise _Refused(_network_reason(exc)) from exc
         self.last_rtt_s = time.perf_counter() - t0
         if resp.status_code == 404 and not resp.headers.get("content-type", "").startswith("application/json"):
             raise _Refused(f"http 404: {resp.text[:200]}")  # not the receiver's answer (a proxy, a wrong URL)
@@ -337,10 +383,15 @@ class Uplink:
             self.link_up_at_us = self._replay_cutoff()
             logger.info("uplink to %s is up", self.url)
         self.link, self.breaker, self.failures = "up", "closed", 0
+        self.last_error = None
 
     def _link_failed(self, reason: str) -> float:
         """Record a failure; returns how long to wait before the next attempt (seconds)."""
         self.failures += 1
+        if reason.startswith("tls:") and reason != self.last_error:
+            # retrying does not fix a certificate: say so at once, not only when the circuit opens
+            logger.warning("uplink to %s: %s", self.url, reason)
+        self.last_error = reason
         key = reason.split(":")[0]
         self.errors[key] = self.errors.get(key, 0) + 1
         cfg = self.config
@@ -419,7 +470,7 @@ class Uplink:
         try:
             resp = await self.client.get("/healthz")
         except self._httpx_error as exc:
-            await self._sleep(self._link_failed(f"network: {type(exc).__name__}"))
+            await self._sleep(self._link_failed(_network_reason(exc)))
             return
         if resp.status_code == 200:
             self._link_ok()

@@ -10,11 +10,16 @@ Endpoints (all but ``/healthz`` need a bearer token; ``open_metrics`` opens ``/m
 ``POST /api/v1/edge/...``  ingest    edge heartbeats; agents and assignments (read) (:mod:`tidegauge.server.edge`)
 ``GET /metrics``           read      Prometheus text format (:mod:`tidegauge.server.metrics`)
 ``GET /healthz``           (none)    the process is alive
-``GET /readyz``            any       sources reading, checkpoints fresh, not overloaded; reasons in the body
+``GET /readyz``            any       flow started and reading its sources, checkpoints fresh, not overloaded;
+                                     reasons in the body
 ``GET /openapi.json``      any       the OpenAPI 3.1 description of this API
 =========================  ========  ===================================================================
 
 Error answers are JSON ``{"error": "..."}``; no answer or log line ever contains a token.
+
+Once it listens, :func:`serve` logs where (the real port when ``port: 0`` was asked; ``https`` with TLS)
+and where the dashboard, the OpenAPI document and the metrics are, as one INFO line on the
+``tidegauge.server.startup`` logger (:data:`STARTUP_LOGGER`), which the CLI always shows.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,10 +59,12 @@ if TYPE_CHECKING:
     from tidegauge.edge.receiver import EdgeReceiver
     from tidegauge.server.live import LiveState
 
-__all__ = ["ServerState", "build_app", "serve"]
+__all__ = ["STARTUP_LOGGER", "ServerState", "build_app", "serve", "startup_line"]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("tidegauge.server.access")
+STARTUP_LOGGER = "tidegauge.server.startup"
+startup_logger = logging.getLogger(STARTUP_LOGGER)
 
 
 @dataclass
@@ -210,8 +217,18 @@ async def readyz(request: Request) -> Response:
 
 
 def not_ready_reasons(state: ServerState) -> list[str]:
-    """Why the server should not get traffic (empty: ready)."""
+    """Why the server should not get traffic (empty: ready).
+
+    Not ready until the flow reads its sources: while it starts (restores state, builds its steps, which
+    load or compile their kernels: half a minute with a cold numba cache) its HTTP source may already
+    exist and take records, but nothing reads them, so ingest would soon answer 503.
+    """
     reasons: list[str] = []
+    phase = getattr(state.runner, "phase", "running")
+    if phase in ("new", "starting"):
+        reasons.append("flow starting (restoring state, compiling kernels): not reading its sources yet")
+    elif phase == "stopped":
+        reasons.append("flow stopped: not reading its sources")
     for sid, src in state.sources.items():
         if src.logic is None or src.logic.closed:
             reasons.append(f"source {sid}: the flow is not reading it")
@@ -365,8 +382,10 @@ async def serve(runner: Any, config: ServerConfig, *, environ: Mapping[str, str]
         threading.main_thread() else ()
     for sig in signals:
         loop.add_signal_handler(sig, setattr, uv, "should_exit", True)
+    line = startup_line(config, sock.getsockname()[1], dashboard=live is not None)
+    loop.call_soon(_when_started, uv, lambda: startup_logger.info("%s", line))
     if started is not None:
-        loop.call_soon(_notify_started, uv, started)
+        loop.call_soon(_when_started, uv, started.set)
     try:
         await asyncio.wait({flow_task, server_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -402,8 +421,30 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _notify_started(uv: Any, started: asyncio.Event) -> None:
+def startup_line(config: ServerConfig, port: int, *, dashboard: bool) -> str:
+    """Where a server listening on ``port`` (the bound one) answers: its URL and those of the dashboard
+    (when served), the OpenAPI document and the metrics.
+
+    Examples
+    --------
+    >>> startup_line(ServerConfig(host="0.0.0.0"), 8080, dashboard=False)  # doctest: +NORMALIZE_WHITESPACE
+    'listening on http://127.0.0.1:8080 (all interfaces); dashboard: off (server.dashboard: false);
+     API docs: http://127.0.0.1:8080/openapi.json; metrics: http://127.0.0.1:8080/metrics (read token)'
+    """
+    host = config.host
+    everywhere = host in ("0.0.0.0", "::", "")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    base = f"{'https' if config.tls is not None else 'http'}://{f'[{shown}]' if ':' in shown else shown}:{port}"
+    return "; ".join([
+        f"listening on {base}" + (" (all interfaces)" if everywhere else ""),
+        f"dashboard: {base}/" if dashboard else "dashboard: off (server.dashboard: false)",
+        f"API docs: {base}/openapi.json",
+        f"metrics: {base}/metrics" + (" (open)" if config.open_metrics else " (read token)"),
+    ])
+
+
+def _when_started(uv: Any, then: Callable[[], None]) -> None:
     if uv.started:
-        started.set()
+        then()
     else:
-        asyncio.get_running_loop().call_later(0.01, _notify_started, uv, started)
+        asyncio.get_running_loop().call_later(0.01, _when_started, uv, then)

@@ -42,6 +42,17 @@ _DUMMY_F = np.zeros(1, np.float64)
 _DUMMY_I = np.zeros(1, np.int64)
 
 
+def warm_up() -> None:
+    """Load (or compile) the folding kernels now, on a throwaway state, with the argument types a flow
+    gives them (event times and values as polars hands them: read-only arrays)."""
+    from tidegauge.aggregate.spec import parse_aggregations
+
+    state = PaneState(parse_aggregations({"x": ["mean", "std", "first"]}), 1)
+    one = np.zeros(1, np.int64)
+    ts = pl.Series([0], dtype=pl.Int64).to_numpy()
+    state.fold(one, ts, one, one - 1, {"x": pl.Series("x", [1.0])}, update=True)
+
+
 class PaneState:
     """Ring of pane statistics for the mergeable aggregations of ``specs``."""
 

@@ -102,6 +102,14 @@ class WindowStep:
             f"|quantiles={self.quantiles}:{self.sketch_alpha}"
         )
 
+    def warm_up_kernels(self) -> None:
+        """Load (or compile) the numba kernels of this window's fast path (fixed windows) now rather than
+        at the first batch (``Runner(warm_up="kernels")``)."""
+        if isinstance(self.window, Tumbling | Sliding):
+            from tidegauge.windows._fixed_state import warm_up
+
+            warm_up()
+
     def build(self, resume_state: Any | None) -> Windower:
         """Fresh logic, or logic continuing from a snapshot of the same definition."""
         w = self.window
