@@ -343,3 +343,9 @@ def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) ->
 def test_the_heartbeat_subject_lies_outside_the_stream_and_follows_the_prefix() -> None:
     assert JetStreamConfig().heartbeat_subject == "tidegauge.edge-heartbeat"
     assert JetStreamConfig(subject="site-a.edge").heartbeat_subject == "site-a.edge-heartbeat"
+
+
+@pytest.mark.parametrize("field", ["duplicate_window", "ack_wait"])
+def test_durations_are_checked_when_the_config_is_made(field: str) -> None:
+    with pytest.raises(ValueError, match=f"jetstream {field}: 'soon' is not a duration"):
+        JetStreamConfig(**{field: "soon"})

@@ -83,14 +83,14 @@ class JetStreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError(f"jetstream stream={self.stream!r}: use a name without '.', '*', '>' or spaces")
         if not self.subject or self.subject.endswith(".") or "*" in self.subject or ">" in self.subject:
             raise ValueError(f"jetstream subject={self.subject!r}: use a plain prefix such as 'tidegauge.edge'")
+        for name in ("duplicate_window", "ack_wait"):
+            parse_duration(getattr(self, name), name=f"jetstream {name}")
 
     @property
     def heartbeat_subject(self) -> str:
         """Heartbeats are requests on ``<subject>-heartbeat.<agent>``: outside the stream (which would store
         them and answer for the upstream), and apart for each upstream with its own subject prefix."""
         return f"{self.subject}-heartbeat"
-        for name in ("duplicate_window", "ack_wait"):
-            parse_duration(getattr(self, name), name=name)
 
 
 def is_nats_url(url: str) -> bool:
