@@ -114,3 +114,18 @@ def test_columns_a_detector_adds_can_be_aggregated(tmp_path: Path) -> None:
                     "size: 10s, aggregate: {v: [mean], score: [max], is_anomaly: [sum]}}}]\n"
                     "sink: {file: out/x.parquet}\n")
     assert build_pipeline(load_pipeline(path), base_dir=tmp_path).flow is not None
+
+
+def test_a_file_sink_ending_in_a_slash_writes_a_directory_of_parts(tmp_path: Path) -> None:
+    import polars as pl
+
+    text = """
+source: {simulator: {sensors: 3, rate: 30, seed: 1, start: "2026-01-01T00:00:00Z"}, limit: 90}
+sink: {file: out/, format: jsonl}
+"""
+    build_pipeline(load_pipeline(write(tmp_path, text)), base_dir=tmp_path).flow.run()
+    parts = sorted((tmp_path / "out").glob("*.jsonl"))
+    assert parts and sum(pl.read_ndjson(p).height for p in parts) == 90
+    assert not (tmp_path / "out.jsonl").exists()
+    with pytest.raises(ConfigError, match=r"\$\.sink\.file: .*writes a directory of parts: pass format="):
+        build_pipeline(load_pipeline(write(tmp_path, text.replace(", format: jsonl", ""))), base_dir=tmp_path)

@@ -640,7 +640,11 @@ def _sink(s: SinkConfig, base: Path, where: str) -> Any:
 
     if s.file is None:
         raise ConfigError(f"{where}: give exactly one of {', '.join(_SINK_KINDS)}")
-    return FileSink(base / s.file, format=s.format, name=s.name)
+    path = str(base / s.file) + ("/" if s.file.endswith("/") else "")  # "out/": a directory of parts
+    try:
+        return FileSink(path, format=s.format, name=s.name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.file: {exc}") from None
 
 
 def _fixed_columns(sources: list[Any]) -> set[str] | None:
