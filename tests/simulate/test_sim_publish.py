@@ -66,36 +66,35 @@ def test_redis() -> None:
 
 
 @pytest.mark.server
-def test_nats() -> None:
+def test_nats_on_a_fresh_subject_makes_its_stream() -> None:
+    """No stream is made beforehand: ``simulate`` makes one storing the subject (``<base>.>``), as a new user's
+    first run on a fresh server needs."""
     require("nats")
     import nats
-    from nats.js.api import StreamConfig
 
-    stream = unique("tgsim")
+    base = unique("tgsim")
 
-    async def admin(create: bool) -> int:
+    async def received() -> tuple[str, list[str], int]:
         nc = await nats.connect("nats://127.0.0.1:4222")
         js = nc.jetstream()
+        stream = await js.find_stream_name_by_subject(f"{base}.>")
         try:
-            if create:
-                await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
-                return 0
-            sub = await js.pull_subscribe(f"{stream}.>", stream=stream)
+            subjects = (await js.stream_info(stream)).config.subjects or []
+            sub = await js.pull_subscribe(f"{base}.>", stream=stream)
             n = 0
             while True:
                 try:
                     msgs = await sub.fetch(100, timeout=1)
                 except TimeoutError:
-                    return n
+                    return stream, subjects, n
                 n += sum(len(json.loads(m.data)) for m in msgs)
         finally:
-            if not create:
-                await js.delete_stream(stream)
+            await js.delete_stream(stream)
             await nc.close()
 
-    asyncio.run(admin(True))
-    simulate(f"nats://127.0.0.1:4222/{stream}.{{sensor_id}}")
-    assert asyncio.run(admin(False)) == ROWS
+    simulate(f"nats://127.0.0.1:4222/{base}.{{sensor_id}}")
+    stream, subjects, n = asyncio.run(received())
+    assert (stream, subjects, n) == (base.upper() + "_ALL", [f"{base}.>"], ROWS)
 
 
 @pytest.mark.server
@@ -249,7 +248,7 @@ batch, one message per sensor in it)."""
 
 async def messages_seen(scheme: str, port: int) -> asyncio.Future[None]:
     """Subscribe to everything ``simulate`` publishes to the broker on ``port``; the future is done at the
-    ``MESSAGES``-th message, a few batches in (for NATS, also creates the stream, which this test is not about)."""
+    ``MESSAGES``-th message, a few batches in."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     if scheme == "mqtt":
         sub = await asyncio.create_subprocess_exec(
@@ -260,10 +259,8 @@ async def messages_seen(scheme: str, port: int) -> asyncio.Future[None]:
         asyncio.get_running_loop().create_task(sub.wait()).add_done_callback(lambda _t: done.set_result(None))
         return done
     import nats
-    from nats.js.api import StreamConfig
 
     nc = await nats.connect(f"nats://127.0.0.1:{port}", max_reconnect_attempts=0)
-    await nc.jetstream().add_stream(StreamConfig(name="TG", subjects=["tg.>"]))
 
     seen = 0
 

@@ -6,7 +6,9 @@ A target is a URL; its scheme picks the transport:
 ``mqtt://host:port/topic-template``    one MQTT message (QoS 1) per batch and topic; the template's
                                        ``{column}`` fields are filled from each reading
                                        (``sensors/{sensor_id}/telemetry``)
-``nats://host:port/subject``           one JetStream publish per batch and subject (``{column}`` allowed)
+``nats://host:port/subject``           one JetStream publish per batch and subject (``{column}`` allowed),
+                                       into the stream storing the subject (created if there is none:
+                                       :func:`tidegauge.connectors.nats.ensure_publish_stream`)
 ``redis://host:port/stream-key``       one ``XADD`` entry (field ``data``) per batch
 ``http(s)://host:port/api/v1/ingest``  one NDJSON ``POST`` per batch, with ``Authorization: Bearer``
 =====================================  ==============================================================
@@ -327,6 +329,12 @@ def _nats(target: PublishTarget, token: str | None) -> _Connection:
         except nats.errors.NoServersError as exc:
             raise (failures[-1] if failures else exc) from exc
         state["js"] = state["nc"].jetstream(timeout=_ACK_TIMEOUT_S)
+        from tidegauge.connectors.nats import ensure_publish_stream
+
+        try:  # a fresh server has no stream: publishes would find no one to store them
+            await ensure_publish_stream(state["js"], target.path)
+        except ConnectorError as exc:
+            raise ConnectorError(f"--to {target.url}: {exc}") from exc
 
     async def send(df: pl.DataFrame) -> int:
         groups = _groups(df, target.path, ".")
