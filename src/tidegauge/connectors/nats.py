@@ -22,15 +22,31 @@ a batch, so a slow sink stops the fetching and messages wait in the stream (memo
 ``id_columns``, e.g. key and event time, or of the whole row), and ``pre_commit`` waits for every publish
 acknowledgement. A replay after a crash republishes the same ids, which JetStream drops as duplicates if they
 arrive within the stream's ``duplicate_window`` (default 2 minutes): **exactly-once** within that window.
+
+Streams
+-------
+Both make sure a stream stores their subject before the first fetch or publish (:func:`ensure_stream`), so
+a fresh NATS server needs no setup. An existing stream is used as it is, never altered: the source's
+``stream`` if it exists, else (source and sink) the stream whose subjects already cover the subject
+(``sensors.>`` covers the source's ``sensors.>`` and the sink's ``sensors.{sensor_id}``, i.e.
+``sensors.*``); the source logs a warning when it reads a stream of another name than its ``stream``. A
+stream whose subjects overlap the subject without covering it is an error naming it (NATS lets no two
+streams share a subject). Otherwise a stream is created with NATS's defaults (file storage, limits
+retention, no age or size limit, 2-minute duplicate window): the source's on its subject, named ``stream``;
+the sink's on the template's literal prefix (``sensors.>`` for ``sensors.{sensor_id}.telemetry``, so a
+source on ``sensors.>`` finds it too; the exact ``sensors.*.telemetry`` if that overlaps another stream),
+named after it (``SENSORS_ALL``, :func:`stream_name_for`). Set limits later with ``nats stream edit``.
+``tidegauge simulate --to nats://...`` publishes as the sink does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,17 +63,148 @@ try:
     import nats.errors
     import nats.js.errors
     from nats.aio.client import Client as NatsClient
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("nats-py", "nats") from exc
 
-__all__ = ["NatsConnection", "NatsSink", "NatsSource", "NatsSourceState"]
+__all__ = ["NatsConnection", "NatsSink", "NatsSource", "NatsSourceState", "ensure_publish_stream", "ensure_stream",
+           "stream_name_for", "subjects_of"]
 
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.5
 """Long-poll for a first message: a message arriving ends the wait at once, so this only bounds how long
 an idle source takes to return an empty batch."""
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
+"""Characters a derived stream name replaces with ``_``: NATS forbids ``.``, ``*``, ``>``, spaces and path
+separators in stream names; keeping to these few also keeps the name a valid file name on any server."""
+
+
+def subjects_of(template: str) -> str:
+    """The subject filter covering every subject ``template`` gives: each level holding a field becomes ``*``.
+
+    >>> subjects_of("sensors.{sensor_id}.telemetry")
+    'sensors.*.telemetry'
+    >>> subjects_of("windows.site-{site}")
+    'windows.*'
+    """
+    levels = TopicTemplate(template, separator=".").template.split(".")  # the template checked first
+    return ".".join("*" if "{" in level else level for level in levels)
+
+
+async def ensure_publish_stream(js: Any, template: str) -> str:
+    """:func:`ensure_stream` for publishing to the subjects of ``template`` (``sensors.{sensor_id}``): the
+    stream storing ``sensors.*``, else a new one on ``sensors.>`` (or ``sensors.*`` if that overlaps another).
+    """
+    return await ensure_stream(js, subjects_of(template), create_on=_widest(template))
+
+
+async def _or_close(nc: NatsClient, setup: Awaitable[str]) -> str:
+    """``await setup``, closing ``nc`` if it fails (the run ends there: a connection left open would leak)."""
+    try:
+        return await setup
+    except BaseException:
+        await nc.close()
+        raise
+
+
+def _widest(template: str) -> str | None:
+    """``prefix.>`` for a template whose first levels are literal, e.g. ``sensors.>`` for
+    ``sensors.{sensor_id}.telemetry`` (``None`` for a literal subject or one starting with a field).
+
+    >>> _widest("sensors.{sensor_id}.telemetry"), _widest("{site}.t"), _widest("a.b")
+    ('sensors.>', None, None)
+    """
+    levels = template.split(".")
+    fixed = next((i for i, level in enumerate(levels) if "{" in level), 0)
+    return ".".join([*levels[:fixed], ">"]) if fixed else None
+
+
+def stream_name_for(subject: str) -> str:
+    """The name a stream created for ``subject`` (a filter) gets when nobody named one.
+
+    >>> stream_name_for("sensors.*.telemetry")
+    'SENSORS_ANY_TELEMETRY'
+    >>> stream_name_for("windows.>")
+    'WINDOWS_ALL'
+    """
+    words = ["ANY" if t == "*" else "ALL" if t == ">" else _NOT_IN_NAME.sub("_", t).upper() for t in subject.split(".")]
+    return "_".join(words)
+
+
+def _covers(pattern: str, subject: str) -> bool:
+    """Whether every subject ``subject`` (a filter) matches also matches ``pattern``.
+
+    >>> _covers("sensors.>", "sensors.*.t"), _covers("sensors.*", "sensors.>"), _covers("a.b", "a.*")
+    (True, False, False)
+    """
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or s[i] == ">" or token not in ("*", s[i]):
+            return False
+    return len(p) == len(s)
+
+
+async def ensure_stream(js: Any, subject: str, *, name: str | None = None, create_on: str | None = None) -> str:
+    """The name of the JetStream stream that stores ``subject`` (a filter), created if there is none.
+
+    In order: the stream called ``name`` if it exists; the stream whose subjects cover ``subject``; a new
+    stream with NATS's defaults called ``name`` (default: :func:`stream_name_for` its subject) on
+    ``create_on`` (a wider filter, e.g. ``sensors.>`` for ``sensors.*``, so that a source on the wider one
+    finds it too), or on ``subject`` when there is no ``create_on`` or another stream overlaps it. An
+    existing stream is never altered. :class:`ConnectorError` if a stream overlaps ``subject`` without
+    covering it, or if JetStream does not answer (a server started without ``-js``).
+
+    ``js`` is nats-py's JetStream context (``nc.jetstream()``).
+    """
+    try:
+        if name is not None:
+            try:
+                await js.stream_info(name)
+                return name
+            except nats.js.errors.NotFoundError:
+                pass
+        found = await _stream_covering(js, subject)
+        if found is not None:
+            if name is not None:
+                logger.warning("nats: there is no stream %r; stream %r stores subject %r: using it", name, found,
+                               subject)
+            return found
+        for on in dict.fromkeys((create_on or subject, subject)):  # each once
+            new = name or stream_name_for(on)
+            try:
+                await js.add_stream(StreamConfig(name=new, subjects=[on]))
+            except nats.js.errors.BadRequestError as exc:  # created meanwhile, a name taken, a wider overlap
+                found = await _stream_covering(js, subject)
+                if found is not None:
+                    return found
+                failed = exc
+                continue
+            logger.info("nats: created stream %r on subject %r", new, on)
+            return new
+        raise ConnectorError(f"nats: cannot create a stream for subject {subject!r}: {failed.description}; "
+                             "create one with the nats CLI") from failed
+    except nats.errors.Error as exc:
+        raise ConnectorError(f"nats: cannot find or create a JetStream stream for subject {subject!r}: "
+                             f"{exc or type(exc).__name__} (is JetStream enabled, nats-server -js?)") from exc
+
+
+async def _stream_covering(js: Any, subject: str) -> str | None:
+    """The stream whose subjects cover ``subject``, ``None`` if no stream's subjects overlap it."""
+    try:
+        name: str = await js.find_stream_name_by_subject(subject)  # a stream whose subjects overlap it
+    except nats.js.errors.NotFoundError:
+        return None
+    try:
+        subjects = (await js.stream_info(name)).config.subjects or []
+    except nats.js.errors.NotFoundError:  # deleted meanwhile
+        return None
+    if not any(_covers(s, subject) for s in subjects):
+        raise ConnectorError(f"nats: subject {subject!r} overlaps stream {name!r}, whose subjects {subjects} do not "
+                             f"cover it: add {subject!r} to that stream's subjects or use another subject")
+    return name
 
 
 @dataclass(frozen=True)
@@ -115,7 +262,8 @@ class NatsSource:
     Parameters
     ----------
     stream:
-        The stream's name (it must exist).
+        The stream's name. If there is no such stream, the one already storing ``subject`` is used, else it is
+        created on ``subject`` (see *Streams* in the module docstring).
     subject:
         Subject filter of the consumer, e.g. ``"sensors.>"``.
     durable:
@@ -174,6 +322,7 @@ class NatsSourceLogic:
         self._d = d
         self._nc: NatsClient | None = None
         self._sub: Any = None
+        self._stream = d.stream  # until _ensure finds the stream that stores the subject
         self._seq = state.sequence if state is not None else 0
         self._delivered = state.delivered if state is not None else 0
         self._unacked: deque[tuple[int, str]] = deque()  # (delivered count, reply subject)
@@ -183,12 +332,14 @@ class NatsSourceLogic:
     async def _ensure(self) -> Any:
         if self._sub is None:
             d = self._d
-            self._nc = await d.connection.connect()
+            nc = await d.connection.connect()
+            js = nc.jetstream()
+            self._stream = await _or_close(nc, ensure_stream(js, d.subject, name=d.stream))
+            self._nc = nc
             # the checkpoint, not the consumer, is the resume point: messages a killed run fetched but never
             # acknowledged would otherwise come back only after ack_wait, out of order
-            js = self._nc.jetstream()
             try:
-                await js.delete_consumer(d.stream, d.durable)
+                await js.delete_consumer(self._stream, d.durable)
             except nats.js.errors.NotFoundError:
                 pass
             start = {"deliver_policy": DeliverPolicy.ALL} if self._seq == 0 else {
@@ -199,7 +350,7 @@ class NatsSourceLogic:
             )
             try:
                 self._sub = await self._nc.jetstream().pull_subscribe(
-                    d.subject, durable=d.durable, stream=d.stream, config=config
+                    d.subject, durable=d.durable, stream=self._stream, config=config
                 )
             except nats.errors.Error as exc:
                 raise ConnectorError(f"nats source {d.name}: cannot open consumer {d.durable!r}: {exc}") from exc
@@ -240,7 +391,7 @@ class NatsSourceLogic:
 
     def snapshot(self) -> NatsSourceState:
         """Stream sequence of the last message handed out."""
-        return NatsSourceState(self._d.stream, self._d.durable, self._seq, self._delivered)
+        return NatsSourceState(self._stream, self._d.durable, self._seq, self._delivered)
 
     async def ack(self, position: NatsSourceState | None) -> None:
         """Acknowledge every message handed out up to ``position`` (they are in a durable checkpoint)."""
@@ -284,7 +435,8 @@ class NatsSink:
     Parameters
     ----------
     subject:
-        Subject template, e.g. ``"windows.{sensor_id}"`` (a stream must capture it).
+        Subject template, e.g. ``"windows.{sensor_id}"``. The stream storing ``windows.*`` is used, else one
+        is created on ``windows.>`` (see *Streams* in the module docstring).
     connection:
         Servers and credentials.
     id_columns:
@@ -325,8 +477,10 @@ class NatsSinkLogic:
         if not df.height:
             return
         if self._js is None:
-            self._nc = await self._d.connection.connect()
-            self._js = self._nc.jetstream()
+            nc = await self._d.connection.connect()
+            js = nc.jetstream()
+            await _or_close(nc, ensure_publish_stream(js, self._d.template.template))
+            self._nc, self._js = nc, js
         subjects = self._d.template.format_column(df).to_list()
         payloads = encode_rows(df)
         ids = row_ids(payloads, df, self._d.id_columns)
