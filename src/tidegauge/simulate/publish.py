@@ -243,9 +243,12 @@ def _mqtt(target: PublishTarget, token: str | None) -> _Connection:
     try:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
+
+        from tidegauge.connectors._mqtt_loop import NoDelayClient
     except ImportError as exc:
         raise MissingDependencyError("paho-mqtt", "mqtt") from exc
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    # without Nagle's delay, as tidegauge's other MQTT clients (a publish would wait for a delayed ACK)
+    client = NoDelayClient(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
     # paho's default of 20 messages in flight would throttle a batch; 0 lifts the limit
     client.max_inflight_messages_set(0)
     connack: asyncio.Future[str | None] | None = None
