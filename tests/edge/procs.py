@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +186,18 @@ def received(root: Path, stream: str) -> pl.DataFrame:
     parts = sorted((root / "out" / stream).glob("part-*.jsonl"))
     frames = [pl.read_ndjson(p) for p in parts if p.stat().st_size]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+@contextlib.asynccontextmanager
+async def running(intake: Any, *, connected: bool = True) -> AsyncIterator[asyncio.Task[None]]:
+    """An upstream intake (``JetStreamIntake``, ``MqttIntake``) running until the block ends; with
+    ``connected``, the block starts once it is connected to its server."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(intake.run(stop))
+    try:
+        if connected:
+            await asyncio.wait_for(intake.connected.wait(), 10)
+        yield task
+    finally:
+        stop.set()
+        await task

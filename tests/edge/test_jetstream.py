@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 from tests.connectors.servers import require, unique
+from tests.edge.procs import running
 from tests.net import free_port, wait_port
 from tidegauge.connectors.http import ACCEPTED
 from tidegauge.edge.jetstream import JetStreamConfig, JetStreamIntake, JetStreamUplink
@@ -188,22 +189,16 @@ def test_upstream_consumer_stopped_then_back_exactly_once(tmp_path: Path) -> Non
 
         # the upstream starts, applies part, stops (a restart), and a new one finishes
         receiver = receiver_at(tmp_path / "up")
-        stop = asyncio.Event()
         intake = JetStreamIntake(receiver, url, config=js, fetch=2)
-        task = asyncio.create_task(intake.run(stop))
-        await until(lambda: receiver.acked.get(("gw-1", "readings"), 0) >= 500, 60, "part applied")
-        stop.set()
-        await task
+        async with running(intake, connected=False):
+            await until(lambda: receiver.acked.get(("gw-1", "readings"), 0) >= 500, 60, "part applied")
         receiver.close()
         receiver = receiver_at(tmp_path / "up")
-        stop = asyncio.Event()
         intake = JetStreamIntake(receiver, url, config=js)
-        task = asyncio.create_task(intake.run(stop))
-        await until(lambda: receiver.acked.get(("gw-1", "readings"), 0) == 2500
-                    and receiver.acked.get(("gw-1", "windows"), 0) == 100, 60, "everything applied")
-        await asyncio.sleep(0.5)  # nothing more comes
-        stop.set()
-        await task
+        async with running(intake, connected=False):
+            await until(lambda: receiver.acked.get(("gw-1", "readings"), 0) == 2500
+                        and receiver.acked.get(("gw-1", "windows"), 0) == 100, 60, "everything applied")
+            await asyncio.sleep(0.5)  # nothing more comes
         up.stop()
         await run
         await up.close()
@@ -232,35 +227,32 @@ def test_a_batch_naming_another_node_than_its_subject_is_refused(tmp_path: Path)
         import nats
 
         receiver = receiver_at(tmp_path / "up")
-        stop = asyncio.Event()
         intake = JetStreamIntake(receiver, url, config=js)
-        task = asyncio.create_task(intake.run(stop))
-        nc = await nats.connect(url)
-        ctx = nc.jetstream()
-        await until(lambda: intake.counts is not None, 5, "intake started")
+        async with running(intake, connected=False):
+            nc = await nats.connect(url)
+            ctx = nc.jetstream()
+            await until(lambda: intake.counts is not None, 5, "intake started")
 
-        def batch(node: str, subject_node: str) -> tuple[str, bytes, dict[str, str]]:
-            body = b'{"edge_node":"%s","edge_stream":"readings","edge_replay":false,"edge_seq":1,"v":0}\n' % (
-                node.encode())
-            headers = {"x-edge-node": node, "x-edge-stream": "readings", "x-edge-first-seq": "1",
-                       "x-edge-last-seq": "1", "x-edge-prev-seq": "0", "x-edge-replay": "0",
-                       "Nats-Msg-Id": f"{node}:readings:1-1:{subject_node}"}
-            return f"{js.subject}.{subject_node}.readings", body, headers
+            def batch(node: str, subject_node: str) -> tuple[str, bytes, dict[str, str]]:
+                body = b'{"edge_node":"%s","edge_stream":"readings","edge_replay":false,"edge_seq":1,"v":0}\n' % (
+                    node.encode())
+                headers = {"x-edge-node": node, "x-edge-stream": "readings", "x-edge-first-seq": "1",
+                           "x-edge-last-seq": "1", "x-edge-prev-seq": "0", "x-edge-replay": "0",
+                           "Nats-Msg-Id": f"{node}:readings:1-1:{subject_node}"}
+                return f"{js.subject}.{subject_node}.readings", body, headers
 
-        for _ in range(50):  # the stream is created by the intake: publish once it exists
-            try:
-                await ctx.stream_info(js.stream)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        subject, body, headers = batch("gw-victim", "gw-attacker")
-        await ctx.publish(subject, body, headers=headers)
-        subject, body, headers = batch("gw-attacker", "gw-attacker")
-        await ctx.publish(subject, body, headers=headers)
-        await until(lambda: receiver.acked.get(("gw-attacker", "readings"), 0) == 1, 30, "the honest batch")
-        await until(lambda: intake.counts["rejected"] == 1, 30, "the forged batch refused")
-        stop.set()
-        await task
+            for _ in range(50):  # the stream is created by the intake: publish once it exists
+                try:
+                    await ctx.stream_info(js.stream)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            subject, body, headers = batch("gw-victim", "gw-attacker")
+            await ctx.publish(subject, body, headers=headers)
+            subject, body, headers = batch("gw-attacker", "gw-attacker")
+            await ctx.publish(subject, body, headers=headers)
+            await until(lambda: receiver.acked.get(("gw-attacker", "readings"), 0) == 1, 30, "the honest batch")
+            await until(lambda: intake.counts["rejected"] == 1, 30, "the forged batch refused")
         assert ("gw-victim", "readings") not in receiver.acked
         assert [who for who, _, _ in received(receiver)["readings"]] == ["gw-attacker"]
         await ctx.delete_stream(js.stream)
@@ -288,35 +280,31 @@ def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) ->
         import nats
 
         receiver = receiver_at(tmp_path / "up")
-        stop = asyncio.Event()
         intake = JetStreamIntake(receiver, url, config=js, coordinator=coordinator)
-        task = asyncio.create_task(intake.run(stop))
-        await asyncio.wait_for(intake.connected.wait(), 10)
-        box = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
-        # a patient timeout: the first answer may wait for the upstream's first imports on a loaded machine
-        up = JetStreamUplink(box, url, node_id="gw-1", jetstream=js, config=UplinkConfig(timeout="20s"))
-        status, answer = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
-        assert status == 200, answer
-        assignment = msgspec.json.decode(answer, type=Assignment)
-        assert assignment.node_id == "gw-1" and sorted(assignment.sensors) == ["s0", "s1", "s2", "s3"]
-        assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
-        # gw-1's NATS user may publish on its own heartbeat subject only; the body may not name another agent
-        status, answer = await up.heartbeat(Heartbeat(node_id="gw-2", sent_at_us=0, version="t").encode())
-        assert status == 403 and b"an agent sends only its own" in answer
-        status, answer = await up.heartbeat(b"{not json")
-        assert status == 400 and b"not a valid heartbeat" in answer
-        assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
-        assert intake.counts["heartbeats"] == 1 and intake.counts["heartbeats_refused"] == 2
-        # another upstream on the same broker, with its own subject prefix, neither answers nor registers it
-        bystander = Coordinator("round_robin", settle="0s")
-        stop2 = asyncio.Event()
-        intake2 = JetStreamIntake(receiver_at(tmp_path / "up2"), url, config=other, coordinator=bystander)
-        task2 = asyncio.create_task(intake2.run(stop2))
-        await asyncio.wait_for(intake2.connected.wait(), 10)
-        assert (await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode()))[0] == 200
-        assert bystander.agents() == [] and intake2.counts["heartbeats"] == 0
-        stop.set()
-        await task
+        async with running(intake):
+            box = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
+            # a patient timeout: the first answer may wait for the upstream's first imports on a loaded machine
+            up = JetStreamUplink(box, url, node_id="gw-1", jetstream=js, config=UplinkConfig(timeout="20s"))
+            status, answer = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
+            assert status == 200, answer
+            assignment = msgspec.json.decode(answer, type=Assignment)
+            assert assignment.node_id == "gw-1" and sorted(assignment.sensors) == ["s0", "s1", "s2", "s3"]
+            assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
+            # gw-1's NATS user may publish on its own heartbeat subject only; the body may not name another agent
+            status, answer = await up.heartbeat(Heartbeat(node_id="gw-2", sent_at_us=0, version="t").encode())
+            assert status == 403 and b"an agent sends only its own" in answer
+            status, answer = await up.heartbeat(b"{not json")
+            assert status == 400 and b"not a valid heartbeat" in answer
+            assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
+            assert intake.counts["heartbeats"] == 1 and intake.counts["heartbeats_refused"] == 2
+            # another upstream on the same broker, with its own subject prefix, neither answers nor registers it
+            bystander = Coordinator("round_robin", settle="0s")
+            stop2 = asyncio.Event()
+            intake2 = JetStreamIntake(receiver_at(tmp_path / "up2"), url, config=other, coordinator=bystander)
+            task2 = asyncio.create_task(intake2.run(stop2))
+            await asyncio.wait_for(intake2.connected.wait(), 10)
+            assert (await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode()))[0] == 200
+            assert bystander.agents() == [] and intake2.counts["heartbeats"] == 0
         # the upstream is gone: no answer is a failure (the lease decides), not "there is no coordinator"
         with pytest.raises(_Refused, match="no upstream answers"):
             await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())

@@ -28,7 +28,7 @@ import polars as pl
 import pytest
 
 from tests.connectors.servers import private_mosquitto, require, unique
-from tests.edge.procs import Proc, http_ok, status, wait_for
+from tests.edge.procs import Proc, http_ok, running, status, wait_for
 from tests.edge.test_jetstream import FAST, STREAMS, exactly_once, fill, received, receiver_at, until
 from tests.net import free_port
 from tidegauge.edge.mqtt import MqttEdgeConfig, MqttIntake, MqttUplink, answer_topic_for, topic_for
@@ -108,17 +108,13 @@ def test_batches_published_while_the_upstream_is_away_wait_in_its_session(tmp_pa
 
     async def main() -> None:
         receiver = receiver_at(tmp_path / "up")
-        stop = asyncio.Event()
         intake = MqttIntake(receiver, SHARED, config=cfg)
-        task = asyncio.create_task(intake.run(stop))
-        await asyncio.wait_for(intake.connected.wait(), 10)
-        box = Outbox(tmp_path / "agent" / "outbox.db", {"readings": StreamPolicy()})
-        up = MqttUplink(box, SHARED, node_id="gw-1", config=slow, mqtt=cfg)
-        run = asyncio.create_task(up.run())
-        fill(box, "readings", 600)
-        await until(lambda: box.stats("readings").acked_seq == 600, 30, "the first batches answered")
-        stop.set()
-        await task
+        async with running(intake):
+            box = Outbox(tmp_path / "agent" / "outbox.db", {"readings": StreamPolicy()})
+            up = MqttUplink(box, SHARED, node_id="gw-1", config=slow, mqtt=cfg)
+            run = asyncio.create_task(up.run())
+            fill(box, "readings", 600)
+            await until(lambda: box.stats("readings").acked_seq == 600, 30, "the first batches answered")
         receiver.close()
         fill(box, "readings", 600, 600)  # published while nobody consumes: the broker queues them
         await until(lambda: up.sent_cursor["readings"] > 600, 10, "a batch published while the upstream is away")
@@ -154,26 +150,22 @@ def test_a_batch_on_another_agents_topic_is_refused(tmp_path: Path) -> None:
 
     async def main() -> None:
         receiver = receiver_at(tmp_path / "up")
-        stop = asyncio.Event()
         intake = MqttIntake(receiver, SHARED, config=cfg)
-        task = asyncio.create_task(intake.run(stop))
-        await asyncio.wait_for(intake.connected.wait(), 10)
-        answers: list[tuple[str, bytes, dict[str, str]]] = []
-        with _v5_client() as pub:
-            pub.on_message = lambda _c, _u, m: answers.append((m.topic, bytes(m.payload), {}))
-            pub.subscribe(f"{cfg.prefix}-ack/#", qos=1)
-            await asyncio.sleep(0.3)
-            for node, topic_node in (("gw-victim", "gw-attacker"), ("gw-attacker", "gw-attacker")):
-                props = Properties(PacketTypes.PUBLISH)
-                props.UserProperty = [("x-edge-node", node), ("x-edge-stream", "readings"),
-                                      ("x-edge-first-seq", "1"), ("x-edge-last-seq", "1"), ("x-edge-prev-seq", "0")]
-                props.CorrelationData = node.encode()
-                body = b'{"edge_node":"%s","edge_stream":"readings","edge_replay":false,"edge_seq":1,"v":0}\n' % (
-                    node.encode())
-                pub.publish(topic_for(cfg, topic_node, "readings"), body, qos=1, properties=props)
-            await until(lambda: len(answers) == 2, 10, lambda: f"two answers: {answers} {intake.counts}")
-        stop.set()
-        await task
+        async with running(intake):
+            answers: list[tuple[str, bytes, dict[str, str]]] = []
+            with _v5_client() as pub:
+                pub.on_message = lambda _c, _u, m: answers.append((m.topic, bytes(m.payload), {}))
+                pub.subscribe(f"{cfg.prefix}-ack/#", qos=1)
+                await asyncio.sleep(0.3)
+                for node, topic_node in (("gw-victim", "gw-attacker"), ("gw-attacker", "gw-attacker")):
+                    props = Properties(PacketTypes.PUBLISH)
+                    props.UserProperty = [("x-edge-node", node), ("x-edge-stream", "readings"),
+                                          ("x-edge-first-seq", "1"), ("x-edge-last-seq", "1"), ("x-edge-prev-seq", "0")]
+                    props.CorrelationData = node.encode()
+                    body = b'{"edge_node":"%s","edge_stream":"readings","edge_replay":false,"edge_seq":1,"v":0}\n' % (
+                        node.encode())
+                    pub.publish(topic_for(cfg, topic_node, "readings"), body, qos=1, properties=props)
+                await until(lambda: len(answers) == 2, 10, lambda: f"two answers: {answers} {intake.counts}")
         assert {t for t, _, _ in answers} == {answer_topic_for(cfg, "gw-attacker")}
         bodies = [msgspec.json.decode(b) for _, b, _ in answers]
         assert any("an agent sends only its own" in str(b.get("error")) for b in bodies)
@@ -204,34 +196,26 @@ def test_heartbeats_over_mqtt_get_the_coordinators_assignment(tmp_path: Path) ->
 
     async def main() -> None:
         receiver = receiver_at(tmp_path / "up")
-        stop = asyncio.Event()
         intake = MqttIntake(receiver, SHARED, config=cfg, coordinator=coordinator)
-        task = asyncio.create_task(intake.run(stop))
-        await asyncio.wait_for(intake.connected.wait(), 10)
-        box = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
-        up = MqttUplink(box, SHARED, node_id="gw-1", mqtt=cfg, config=UplinkConfig(timeout="3s"))
-        st, answer = await up.heartbeat(beat("gw-1"))
-        assert st == 200, answer
-        assignment = msgspec.json.decode(answer, type=Assignment)
-        assert assignment.node_id == "gw-1" and sorted(assignment.sensors) == ["s0", "s1", "s2", "s3"]
-        st, answer = await up.heartbeat(beat("gw-2"))
-        assert st == 403 and b"an agent sends only its own" in answer
-        st, answer = await up.heartbeat(b"{not json")
-        assert st == 400 and b"not a valid heartbeat" in answer
-        assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
-        assert intake.counts["heartbeats"] == 1 and intake.counts["heartbeats_refused"] == 2
-        stop.set()
-        await task
+        async with running(intake):
+            box = Outbox(tmp_path / "o.db", {"readings": StreamPolicy()})
+            up = MqttUplink(box, SHARED, node_id="gw-1", mqtt=cfg, config=UplinkConfig(timeout="3s"))
+            st, answer = await up.heartbeat(beat("gw-1"))
+            assert st == 200, answer
+            assignment = msgspec.json.decode(answer, type=Assignment)
+            assert assignment.node_id == "gw-1" and sorted(assignment.sensors) == ["s0", "s1", "s2", "s3"]
+            st, answer = await up.heartbeat(beat("gw-2"))
+            assert st == 403 and b"an agent sends only its own" in answer
+            st, answer = await up.heartbeat(b"{not json")
+            assert st == 400 and b"not a valid heartbeat" in answer
+            assert [a["node_id"] for a in coordinator.agents()] == ["gw-1"]
+            assert intake.counts["heartbeats"] == 1 and intake.counts["heartbeats_refused"] == 2
         with pytest.raises(_Refused, match="timeout: no answer"):
             await up.heartbeat(beat("gw-1"))
-        stop = asyncio.Event()
         intake = MqttIntake(receiver, SHARED, config=cfg)  # the same session, no coordinator now
-        task = asyncio.create_task(intake.run(stop))
-        await asyncio.wait_for(intake.connected.wait(), 10)
-        st, answer = await up.heartbeat(beat("gw-1"))
-        assert st == 404 and b"no coordinator" in answer
-        stop.set()
-        await task
+        async with running(intake):
+            st, answer = await up.heartbeat(beat("gw-1"))
+            assert st == 404 and b"no coordinator" in answer
         await up.close()
         receiver.close()
         box.close()
