@@ -343,3 +343,16 @@ def test_a_stream_the_upstream_does_not_take_waits_while_the_others_go_on(tmp_pa
     assert box.stats("windows").depth == 3 and box.stats("windows").acked_seq == 0, "the windows wait"
     assert up.parked.keys() == {"windows"} and up.errors.get("not_taken", 0) >= 1
     assert up.breaker == "closed" and up.link == "up", "a stream nobody takes is not a link failure"
+
+
+def test_a_stream_no_flow_reads_is_refused_as_such(tmp_path: Path) -> None:
+    receiver, app = make(tmp_path)
+    source = receiver.sources["readings"]
+
+    async def go() -> httpx.Response:
+        assert source.logic is not None
+        await source.logic.close()  # the flow stopped reading (a shutdown): batches wait, told why
+        return await post(app, *batch(1, 2))
+
+    r = asyncio.run(go())
+    assert r.status_code == 503 and "not reading its input" in r.json()["error"], r.text

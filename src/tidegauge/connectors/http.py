@@ -159,6 +159,12 @@ class HttpIngestSource:
         """Whether the server should refuse new records (the flow is too far behind, or not running)."""
         return self.logic is None or self.logic.closed or self.lag_bytes() > self.max_lag_bytes
 
+    def refusal(self) -> str:
+        """Why a :meth:`saturated` source refuses records: no flow reading it (starting, stopped), or behind."""
+        if self.logic is None or self.logic.closed:
+            return "the pipeline is not reading its input (starting or stopping); retry later"
+        return "the pipeline is behind; retry later"
+
 
 class HttpIngestSourceLogic:
     """Reads the intake log from a position; see :class:`HttpIngestSource`."""

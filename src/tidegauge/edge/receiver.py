@@ -216,7 +216,7 @@ class EdgeReceiver:
         if source is None:
             return 404, {"error": f"no upstream source takes edge stream {stream!r}; configure one"}
         if source.saturated():
-            return 503, {"error": "the pipeline is behind; retry later"}
+            return 503, {"error": source.refusal()}
         return None
 
     async def accept(self, node: str, stream: str, first: int, last: int, prev: int, body: bytes, *,

@@ -159,7 +159,7 @@ async def _ingest(state: ServerState, authorization: str | None, declared: str |
         return _refusal_answer(413, f"body of {declared} bytes is over the limit of {state.body_limit} bytes")
     if state.source.saturated():
         state.metrics.refuse("overloaded")
-        return _refusal_answer(503, _behind(state), retry_after=state.config.retry_after_s)
+        return _refusal_answer(503, state.source.refusal(), retry_after=state.config.retry_after_s)
     try:
         body = await read_body(state.body_limit)
     except _TooLarge:
@@ -202,14 +202,6 @@ async def _validate_and_append(state: ServerState, body: bytes, ctype: str | Non
     _, result = await state.source.open_log().append_prepared(prepare, here=len(body) < _PREPARE_HERE_BYTES)
     state.metrics.appended(time.perf_counter() - t0, result.accepted, [r.reason for r in result.rejects])
     return result
-
-
-def _behind(state: ServerState) -> str:
-    """Why a saturated source refuses records: the flow not reading it (starting, stopped) or behind."""
-    logic = None if state.source is None else state.source.logic
-    if logic is None or logic.closed:
-        return "the pipeline is not reading its input (starting or stopping); retry later"
-    return "the pipeline is behind; retry later"
 
 
 def _answer(result: ValidationResult) -> dict[str, Any]:
@@ -262,5 +254,6 @@ def _refusal(state: ServerState, name: str, size: int) -> dict[str, Any] | None:
         return {"error": f"message over the limit of {state.body_limit} bytes"}
     if state.source is None or state.source.saturated():
         state.metrics.refuse("overloaded")
-        return {"error": _behind(state), "retry_after": state.config.retry_after_s}
+        reason = state.source.refusal() if state.source is not None else "this pipeline has no http source"
+        return {"error": reason, "retry_after": state.config.retry_after_s}
     return None
