@@ -181,9 +181,9 @@ alerts: {{rules: rules.yaml, store: alerts.db, streams: [readings, health]}}
     ops = {"authorization": "Bearer tok-ana"}
     try:
         with httpx.Client(base_url=base, timeout=10) as c:
-            for _ in range(300):
+            for _ in range(300):  # ready: the flow reads its source (ingest before that is a 503)
                 try:
-                    if c.get("/healthz").status_code == 200:
+                    if c.get("/readyz", headers=ops).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
