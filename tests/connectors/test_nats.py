@@ -176,3 +176,27 @@ def test_a_stream_overlapping_without_covering_is_named_in_the_error() -> None:
         assert asyncio.run(streams_on(f"{base}.*")) == [(narrow, [f"{base}.a"], -1)]
     finally:
         asyncio.run(drop_stream(narrow))
+
+
+def test_a_checkpointed_position_in_another_stream_is_refused_not_misread() -> None:
+    """A position is a sequence number of one stream: restored against the stream that now stores the
+    subject (the old one deleted, another made), it would skip or repeat other messages."""
+    from tidegauge.connectors.nats import NatsSourceState
+
+    base, now = unique("tgmoved"), unique("TG").upper()
+    asyncio.run(with_stream(now, [f"{base}.>"]))
+    try:
+        source = NatsSource(now, f"{base}.>", durable="tg")
+
+        async def resume(stream: str) -> None:
+            logic = source.build(NatsSourceState(stream=stream, consumer="tg", sequence=7, delivered=7))
+            try:
+                await logic.next_batch(10, 0.1)
+            finally:
+                await logic.close()
+
+        with pytest.raises(ConnectorError, match=f"position in stream 'GONE_{now}'.*now stored by stream '{now}'"):
+            asyncio.run(resume(f"GONE_{now}"))
+        asyncio.run(resume(now))  # the same stream: resumes
+    finally:
+        asyncio.run(drop_stream(now))

@@ -325,6 +325,7 @@ class NatsSourceLogic:
         self._stream = d.stream  # until _ensure finds the stream that stores the subject
         self._seq = state.sequence if state is not None else 0
         self._delivered = state.delivered if state is not None else 0
+        self._restored_stream = state.stream if state is not None else None
         self._unacked: deque[tuple[int, str]] = deque()  # (delivered count, reply subject)
         self._fetch: asyncio.Task[list[Any]] | None = None
         self._pending: int | None = None
@@ -335,6 +336,13 @@ class NatsSourceLogic:
             nc = await d.connection.connect()
             js = nc.jetstream()
             self._stream = await _or_close(nc, ensure_stream(js, d.subject, name=d.stream))
+            if self._restored_stream is not None and self._restored_stream != self._stream:
+                await nc.close()
+                # a position is a sequence number of one stream: in another it points at other messages
+                raise ConnectorError(
+                    f"nats source {d.name}: the checkpoint holds a position in stream {self._restored_stream!r}, "
+                    f"but {d.subject!r} is now stored by stream {self._stream!r}; restore with that stream, or "
+                    "start from a new checkpoint directory")
             self._nc = nc
             # the checkpoint, not the consumer, is the resume point: messages a killed run fetched but never
             # acknowledged would otherwise come back only after ack_wait, out of order
