@@ -278,6 +278,7 @@ def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) ->
 
     async def main() -> None:
         import nats
+        import nats.errors
 
         receiver = receiver_at(tmp_path / "up")
         intake = JetStreamIntake(receiver, url, config=js, coordinator=coordinator)
@@ -312,13 +313,26 @@ def test_heartbeats_over_nats_get_the_coordinators_assignment(tmp_path: Path) ->
         stop3 = asyncio.Event()
         intake3 = JetStreamIntake(receiver_at(tmp_path / "up3"), url, config=js)
         task3 = asyncio.create_task(intake3.run(stop3))
-        await asyncio.wait_for(intake3.connected.wait(), 10)
-        status, answer = await up.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
-        assert status == 404 and b"no coordinator" in answer
-        stop2.set()
-        stop3.set()
-        await asyncio.gather(task2, task3)
-        await up.close()
+        try:
+            await asyncio.wait_for(intake3.connected.wait(), 10)
+            # asked until it answers (one CI run timed a first request out at 20 s right after the new
+            # intake connected: its heartbeat subscription may reach the server after the request)
+            up3 = JetStreamUplink(box, url, node_id="gw-1", jetstream=js, config=UplinkConfig(timeout="2s"))
+            deadline, got = time.monotonic() + 30, None
+            while got is None and time.monotonic() < deadline:
+                try:
+                    got = await up3.heartbeat(Heartbeat(node_id="gw-1", sent_at_us=0, version="t").encode())
+                except (_Refused, TimeoutError, nats.errors.TimeoutError):
+                    await asyncio.sleep(0.2)
+            assert got is not None, "the upstream without a coordinator never answered a heartbeat"
+            status, answer = got
+            assert status == 404 and b"no coordinator" in answer
+            await up3.close()
+        finally:
+            stop2.set()
+            stop3.set()
+            await asyncio.gather(task2, task3)
+            await up.close()
         nc = await nats.connect(url)
         for name in (js.stream, other.stream):
             await nc.jetstream().delete_stream(name)
