@@ -129,3 +129,23 @@ sink: {file: out/, format: jsonl}
     assert not (tmp_path / "out.jsonl").exists()
     with pytest.raises(ConfigError, match=r"\$\.sink\.file: .*writes a directory of parts: pass format="):
         build_pipeline(load_pipeline(write(tmp_path, text.replace(", format: jsonl", ""))), base_dir=tmp_path)
+
+
+def test_the_run_command_gives_back_the_signal_handlers_it_took(tmp_path: Path) -> None:
+    """Run in-process (a test runner, a notebook), ``tidegauge run`` must not leave its Ctrl-C handler
+    behind: it would stop a finished flow and swallow the caller's next Ctrl-C."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from tidegauge.cli import _register, app
+
+    _register()
+    text = """
+source: {simulator: {sensors: 2, rate: 20, seed: 1, start: "2026-01-01T00:00:00Z"}, limit: 20}
+sink: {file: out.parquet}
+"""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    done = CliRunner().invoke(app, ["run", str(write(tmp_path, text)), "--quiet"])
+    assert done.exit_code == 0, done.output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

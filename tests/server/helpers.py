@@ -64,6 +64,9 @@ async def harness(tmp: Path, *, max_lag_bytes: int = 16 << 20, **overrides: Any)
     app = build_app(runner, server_config(**overrides), environ={"TG_TEST_ADMIN": TOKENS["admin"]})
     task = asyncio.create_task(runner.run_async())
     while source.logic is None:
+        if task.done():  # the flow failed before reading: its error, not an endless wait
+            task.result()
+            raise AssertionError("the flow ended before it read its source")
         await asyncio.sleep(0.001)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://tg") as client:

@@ -61,14 +61,16 @@ def run(
         signalled.append(signum)
         runner.stop()
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    # restored afterwards: the command may run inside another program (a test runner, a notebook)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if quiet or not console.is_terminal:
             result = runner.run()
         else:
             result = asyncio.run(_run_with_progress(runner, built.flow, console))
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if built.alerting is not None:
             # a run that ended on its own (its sources are done) has no later for group_wait to end in:
             # notify what waits; then deliver what is due once more and stop the delivery threads

@@ -252,7 +252,8 @@ class IntakeLog:
             self._start_writer()
         if here:
             entry, extra = prepare()
-            self._prepared.put((next(self._seq), True, (_Framed.of(entry), extra), loop, fut))
+            framed = _Framed.of(entry)  # before taking a number: the writer waits for every number in turn
+            self._prepared.put((next(self._seq), True, (framed, extra), loop, fut))
         else:
             self._jobs.put((next(self._seq), prepare, loop, fut))
         return await fut
