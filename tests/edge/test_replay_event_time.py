@@ -96,14 +96,15 @@ def _run(tmp: Path, *, per_agent: bool) -> tuple[pl.DataFrame, pl.DataFrame, pl.
             for node in SENSORS:
                 await post(c, node, [{"sensor_id": f"closer-{node}", "timestamp": closer, "temperature": 0.0}],
                            replay=False)
+            # the end of the run's last 1 s window (the closer's is later): wait until each agent's has closed
+            # (each agent has a watermark of its own: one agent's windows closing says nothing of the other's)
+            last_end_us = (max(r["timestamp"] for r in sent) // 1_000_000 + 1) * 1_000_000
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 done = pl.concat(out.frames) if out.frames else pl.DataFrame()
-                # every agent's last window of the run closed (each agent has a watermark of its own: one
-                # agent's windows closing says nothing of the other's)
                 ends = [done.filter(pl.col("sensor_id") == s)["window_end"].max() if done.height else None
                         for s in ("a1", "b1")]
-                if all(e is not None and e.timestamp() * 1e6 >= closer - 3_000_000 - 1_000_000 for e in ends):
+                if all(e is not None and round(e.timestamp() * 1e6) >= last_end_us for e in ends):
                     break
                 await asyncio.sleep(0.05)
         runner.stop()
