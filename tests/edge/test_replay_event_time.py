@@ -20,6 +20,7 @@ import httpx
 import msgspec
 import polars as pl
 
+from tests.net import until
 from tidegauge.dataflow import Flow, Runner, WatermarkConfig
 from tidegauge.edge import wire
 from tidegauge.edge.receiver import EdgeReceiver, edge_sources, receiver_for_flow
@@ -99,14 +100,14 @@ def _run(tmp: Path, *, per_agent: bool) -> tuple[pl.DataFrame, pl.DataFrame, pl.
             # the end of the run's last 1 s window (the closer's is later): wait until each agent's has closed
             # (each agent has a watermark of its own: one agent's windows closing says nothing of the other's)
             last_end_us = (max(r["timestamp"] for r in sent) // 1_000_000 + 1) * 1_000_000
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
+
+            def last_windows_closed() -> bool:
                 done = pl.concat(out.frames) if out.frames else pl.DataFrame()
                 ends = [done.filter(pl.col("sensor_id") == s)["window_end"].max() if done.height else None
                         for s in ("a1", "b1")]
-                if all(e is not None and round(e.timestamp() * 1e6) >= last_end_us for e in ends):
-                    break
-                await asyncio.sleep(0.05)
+                return all(e is not None and round(e.timestamp() * 1e6) >= last_end_us for e in ends)
+
+            await until(last_windows_closed, timeout=20, every=0.05)  # if not, the assertions say what is missing
         runner.stop()
         await task
 
